@@ -1,0 +1,3 @@
+from kvassert.cli import main
+
+raise SystemExit(main())
