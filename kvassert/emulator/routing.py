@@ -44,12 +44,15 @@ Handler = Callable[..., Response]
 @dataclass(frozen=True)
 class Route:
     """A URL rule (werkzeug syntax), its methods, the operation name used by the log, faults and
-    RBAC (``sign``, ``certificate_get``, ``token``...) and the handler ``(ctx, **url_values)``."""
+    RBAC (``sign``, ``certificate_get``, ``token``...), the handler ``(ctx, **url_values)``, and
+    the service (``keyvault``, ``entra``, ``identity``, ``admin``) whose error shape an injected
+    fault must use."""
 
     rule: str
     methods: tuple[str, ...]
     operation: str
     handler: Handler
+    service: str
 
 
 class WireError(Exception):
