@@ -75,6 +75,7 @@ class TokenRequestError(KvassertError):
     ``status``, ``correlation_id`` and ``trace_id`` for support tickets, and a ``hint``.
     ``credential_problem`` is true for the codes that mean "this credential is wrong or stale"
     (DESIGN section 2): the caller may reload the credential or fall back to the next one.
+    ``server_time`` is the response's ``Date`` (epoch seconds), used to correct clock skew.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class TokenRequestError(KvassertError):
         hint: str = "",
         credential_problem: bool = False,
         retry_after: float | None = None,
+        server_time: float | None = None,
     ) -> None:
         self.status = status
         self.error = error
@@ -98,6 +100,7 @@ class TokenRequestError(KvassertError):
         self.hint = hint
         self.credential_problem = credential_problem
         self.retry_after = retry_after
+        self.server_time = server_time
         text = message
         if hint:
             text = f"{text} Hint: {hint}"

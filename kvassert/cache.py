@@ -1,0 +1,125 @@
+"""The token cache: a pure refresh rule, a lock-free hit, and single-flight acquisition.
+
+A hit is one dict read of an immutable ``AccessToken`` and one comparison with the clock. Misses
+go through a per-key "flight": the first caller acquires, every concurrent caller that needs a
+token waits for that same result (or that same error), so N cold callers cost one Key Vault sign
+and one token request. When a refresh is only recommended (the token is still valid), callers
+other than the refreshing one keep the current token instead of waiting; if the refresh fails,
+the still-valid token is served and further attempts back off. An expired token is never served.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+
+from kvassert.token_client import AccessToken
+
+_LOG = logging.getLogger("kvassert.cache")
+
+# A token this close to expiry is treated as expired: handing it out would fail downstream.
+EXPIRY_MARGIN_SECONDS = 30
+RETRY_BACKOFF_START = 5.0
+RETRY_BACKOFF_MAX = 300.0
+
+
+class Refresh(enum.Enum):
+    NOT_NEEDED = "not_needed"
+    RECOMMENDED = "recommended"
+    REQUIRED = "required"
+
+
+def refresh_rule(token: AccessToken | None, now: float) -> Refresh:
+    """Whether a cached token must, should, or need not be replaced at ``now``."""
+    if token is None or now >= token.expires_on - EXPIRY_MARGIN_SECONDS:
+        return Refresh.REQUIRED
+    if now >= token.refresh_on:
+        return Refresh.RECOMMENDED
+    return Refresh.NOT_NEEDED
+
+
+class TokenCache:
+    """In-memory tokens keyed by (authority, client id, scope or resource, ...)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._entries: dict[Hashable, AccessToken] = {}
+        self._flights: dict[Hashable, Future[AccessToken]] = {}
+        self._backoff: dict[Hashable, tuple[float, float]] = {}  # key -> (not_before, delay)
+        self._mutex = threading.Lock()
+
+    def get(self, key: Hashable, acquire: Callable[[], AccessToken]) -> AccessToken:
+        """The cached token for ``key``, acquiring it with ``acquire`` when needed.
+
+        Raises whatever ``acquire`` raises when no still-valid token is left to serve.
+        """
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() < entry.refresh_on:
+            return entry
+        return self._refresh(key, acquire)
+
+    def peek(self, key: Hashable) -> AccessToken | None:
+        """The entry for ``key`` if one is cached, valid or not (for inspection, not serving)."""
+        return self._entries.get(key)
+
+    def put(self, key: Hashable, token: AccessToken) -> None:
+        self._entries[key] = token
+
+    def clear(self) -> None:
+        with self._mutex:
+            self._entries.clear()
+            self._backoff.clear()
+
+    def _refresh(self, key: Hashable, acquire: Callable[[], AccessToken]) -> AccessToken:
+        now = self._clock()
+        entry = self._entries.get(key)
+        rule = refresh_rule(entry, now)
+        if rule is Refresh.NOT_NEEDED and entry is not None:
+            return entry
+        with self._mutex:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if rule is Refresh.RECOMMENDED and entry is not None:
+                not_before, _ = self._backoff.get(key, (0.0, 0.0))
+                if not leader or now < not_before:
+                    return entry  # someone is refreshing, or we are backing off: keep serving
+            if flight is None:
+                flight = Future()
+                self._flights[key] = flight
+        if not leader:
+            return flight.result()
+        try:
+            token = acquire()
+        except Exception as exc:
+            with self._mutex:
+                del self._flights[key]
+            flight.set_exception(exc)
+            current = self._entries.get(key)
+            if current is not None and refresh_rule(current, self._clock()) is not Refresh.REQUIRED:
+                delay = self._note_failure(key)
+                _LOG.warning(
+                    "token refresh failed (%s); serving the cached token, valid until %d, "
+                    "next attempt in %.0fs",
+                    type(exc).__name__,
+                    current.expires_on,
+                    delay,
+                )
+                return current
+            raise
+        self._entries[key] = token
+        with self._mutex:
+            self._backoff.pop(key, None)
+            del self._flights[key]
+        flight.set_result(token)
+        return token
+
+    def _note_failure(self, key: Hashable) -> float:
+        with self._mutex:
+            _, previous = self._backoff.get(key, (0.0, 0.0))
+            delay = min(RETRY_BACKOFF_MAX, previous * 2 if previous else RETRY_BACKOFF_START)
+            self._backoff[key] = (self._clock() + delay, delay)
+            return delay
