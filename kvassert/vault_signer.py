@@ -1,0 +1,334 @@
+"""The Key Vault signer: the certificate's public part is read once, the key signs in the vault.
+
+Only two Key Vault operations are used: ``certificates/get`` (the ``cer``, thumbprints and the
+``kid`` of the key version bound to the certificate version) and ``keys/sign`` on that key
+version, with the SHA-256 digest of the JWS signing input. The certificate's secret, which holds
+the private key of an exportable certificate, is never read, so non-exportable and HSM keys work
+and the least privilege is ``certificates/read`` + ``keys/sign/action``. Every signature is
+verified locally against the certificate before it leaves the process: a key that does not match
+the certificate is caught here, not by Entra.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from kvassert.errors import KeyVaultError, SigningError
+from kvassert.signing import SUPPORTED_ALGORITHMS, CertificateChain, verify_signature
+from kvassert.transport import ca_bundle_for, is_loopback_url
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.keyvault.certificates import CertificateClient, KeyVaultCertificate
+    from azure.keyvault.keys.crypto import CryptographyClient
+
+_LOG = logging.getLogger("kvassert.keyvault")
+VAULT_SCOPE = "https://vault.azure.net/.default"
+
+
+@dataclass(frozen=True)
+class VaultCertificate:
+    """What kvassert knows of one certificate version: never any private material."""
+
+    vault_url: str
+    name: str
+    version: str
+    key_id: str
+    chain: CertificateChain
+    enabled: bool
+    not_before: dt.datetime | None
+    expires_on: dt.datetime | None
+    exportable: bool | None = None
+    key_type: str | None = None
+    key_size: int | None = None
+
+
+def client_options(vault_url: str) -> dict[str, Any]:
+    """SDK client keywords: loopback (emulator) hosts get the emulator CA and skip the challenge
+    resource check, which cannot pass for ``https://127.0.0.1:PORT``; real vaults keep both."""
+    if is_loopback_url(vault_url):
+        return {"connection_verify": ca_bundle_for(vault_url), "verify_challenge_resource": False}
+    return {}
+
+
+def usable(version: Any, now: dt.datetime) -> bool:
+    """Enabled, and inside its validity window (properties from the certificates API)."""
+    if version.enabled is False:
+        return False
+    if version.not_before is not None and version.not_before > now:
+        return False
+    return not (version.expires_on is not None and version.expires_on <= now)
+
+
+def newest_usable(versions: Iterable[Any], now: dt.datetime) -> Any | None:
+    """The most recently created usable version, or None."""
+    epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    candidates = [v for v in versions if usable(v, now)]
+    return max(candidates, key=lambda v: v.created_on or epoch, default=None)
+
+
+def explain_http_error(
+    exc: Any, *, operation: str, vault_url: str, name: str, principal: str
+) -> KeyVaultError:
+    """Turn an azure-core ``HttpResponseError`` into a ``KeyVaultError`` that says what to fix."""
+    status = int(getattr(exc, "status_code", 0) or 0)
+    code, inner, message = _error_parts(exc)
+    who = f"principal {principal}" if principal else "the app's identity"
+    hint = ""
+    if status == 403 and operation == "sign":
+        hint = (
+            f"grant Key Vault Crypto User (or a role with "
+            f"Microsoft.KeyVault/vaults/keys/sign/action) on {vault_url} to {who}"
+        )
+    elif status == 403:
+        hint = (
+            f"grant a role with Microsoft.KeyVault/vaults/certificates/read on {vault_url} "
+            f"to {who} (Key Vault Certificate User also grants secret reads; prefer a "
+            "custom role with certificates/read and keys/sign/action)"
+        )
+    elif status == 404:
+        hint = (
+            f"no certificate named {name!r} in {vault_url}: check "
+            "KeyVaultCertificateName and KeyVaultUrl"
+        )
+    elif status == 401:
+        hint = "the vault refused the identity's token: check the tenant of the managed identity"
+    elif status == 429:
+        hint = "Key Vault is throttling: the token cache keeps signs rare; retry later"
+    text = f"Key Vault {operation} on {vault_url} for {name!r} failed: HTTP {status}"
+    if code:
+        text += f" {code}"
+    if inner:
+        text += f" ({inner})"
+    if message:
+        text += f": {message}"
+    return KeyVaultError(
+        text, status=status, code=code, inner_code=inner, operation=operation, hint=hint
+    )
+
+
+def _error_parts(exc: Any) -> tuple[str, str, str]:
+    import json
+
+    response = getattr(exc, "response", None)
+    try:
+        body = json.loads(response.text()) if response is not None else None
+    except Exception:  # garbage bodies (HTML, truncated JSON) are expected here
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return "", "", ""
+    inner = error.get("innererror")
+    inner_code = inner.get("code", "") if isinstance(inner, dict) else ""
+    message = str(error.get("message") or "")[:300]
+    return str(error.get("code") or ""), str(inner_code), message
+
+
+class KeyVaultSigner:
+    """A ``Signer`` whose private key stays in Key Vault.
+
+    ``load()`` reads the certificate (one ``certificates/get``; a version listing only when the
+    latest version is disabled or outside its validity); ``sign()`` makes one ``keys/sign`` call.
+    Raises ``KeyVaultError`` (with a hint) on vault errors and ``SigningError`` when the vault's
+    signature does not verify against the certificate.
+    """
+
+    def __init__(
+        self,
+        vault_url: str,
+        certificate_name: str,
+        credential: TokenCredential,
+        *,
+        algorithm: str = "PS256",
+    ) -> None:
+        if algorithm not in SUPPORTED_ALGORITHMS:
+            raise SigningError(f"unsupported algorithm {algorithm!r}; expected PS256 or RS256")
+        self.vault_url = vault_url.rstrip("/")
+        self.certificate_name = certificate_name
+        self.algorithm = algorithm
+        self._credential = credential
+        self._lock = threading.Lock()
+        self._certificate: VaultCertificate | None = None
+        self._certificates_client: CertificateClient | None = None
+        self._crypto: CryptographyClient | None = None
+        self.signs = 0
+        self.certificate_reads = 0
+
+    def __repr__(self) -> str:
+        version = self._certificate.version if self._certificate else "not loaded"
+        return (
+            f"KeyVaultSigner(vault_url={self.vault_url!r}, "
+            f"certificate={self.certificate_name!r}, version={version!r}, "
+            f"algorithm={self.algorithm!r})"
+        )
+
+    @property
+    def certificate(self) -> VaultCertificate:
+        if self._certificate is None:
+            self.load()
+        assert self._certificate is not None
+        return self._certificate
+
+    @property
+    def chain(self) -> CertificateChain:
+        return self.certificate.chain
+
+    def load(self) -> VaultCertificate:
+        """Read (or re-read) the certificate and bind the signer to its key version."""
+        with self._lock:
+            certificate = self._read_certificate()
+            if self._certificate is None or certificate.key_id != self._certificate.key_id:
+                self._crypto = self._crypto_client(certificate)
+            self._certificate = certificate
+            return certificate
+
+    def sign(self, signing_input: bytes) -> bytes:
+        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.keyvault.keys.crypto import SignatureAlgorithm
+
+        certificate = self.certificate
+        crypto = self._crypto
+        assert crypto is not None
+        digest = hashlib.sha256(signing_input).digest()
+        algorithm = (
+            SignatureAlgorithm.ps256 if self.algorithm == "PS256" else SignatureAlgorithm.rs256
+        )
+        self.signs += 1
+        try:
+            result = crypto.sign(algorithm, digest)
+        except HttpResponseError as exc:
+            raise explain_http_error(
+                exc,
+                operation="sign",
+                vault_url=self.vault_url,
+                name=self.certificate_name,
+                principal=self._principal(),
+            ) from None
+        except AzureError as exc:
+            raise KeyVaultError(
+                f"Key Vault sign on {self.vault_url} failed: {type(exc).__name__}",
+                operation="sign",
+            ) from None
+        signature = bytes(result.signature or b"")
+        if not verify_signature(certificate.chain, self.algorithm, signing_input, signature):
+            raise SigningError(
+                f"Key Vault key {certificate.key_id} produced a signature that does not verify "
+                f"against certificate {self.certificate_name!r} version {certificate.version} "
+                f"(x5t#S256={certificate.chain.x5t_s256}): the key is not the certificate's"
+            )
+        return signature
+
+    def close(self) -> None:
+        for client in (self._certificates_client, self._crypto):
+            if client is not None:
+                client.close()
+
+    def _client(self) -> CertificateClient:
+        if self._certificates_client is None:
+            from azure.keyvault.certificates import CertificateClient
+
+            self._certificates_client = CertificateClient(
+                self.vault_url, self._credential, **client_options(self.vault_url)
+            )
+        return self._certificates_client
+
+    def _read_certificate(self) -> VaultCertificate:
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        client = self._client()
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            self.certificate_reads += 1
+            latest = client.get_certificate(self.certificate_name)
+            policy = latest.policy
+            chosen = latest
+            if latest.properties is None or not usable(latest.properties, now):
+                # Rotation may leave the newest version disabled or not yet valid: fall back to
+                # the newest version that can sign right now.
+                version = newest_usable(
+                    client.list_properties_of_certificate_versions(self.certificate_name), now
+                )
+                if version is None:
+                    raise KeyVaultError(
+                        f"certificate {self.certificate_name!r} in {self.vault_url} has no "
+                        "enabled version that is valid now",
+                        operation="certificate_get",
+                        hint="enable a version or create a new one",
+                    )
+                self.certificate_reads += 1
+                chosen = client.get_certificate_version(self.certificate_name, version.version)
+        except HttpResponseError as exc:
+            raise explain_http_error(
+                exc,
+                operation="certificate get",
+                vault_url=self.vault_url,
+                name=self.certificate_name,
+                principal=self._principal(),
+            ) from None
+        except AzureError as exc:
+            raise KeyVaultError(
+                f"Key Vault certificate get on {self.vault_url} failed: {type(exc).__name__}",
+                operation="certificate_get",
+            ) from None
+        return _describe(self.vault_url, self.certificate_name, chosen, policy)
+
+    def _crypto_client(self, certificate: VaultCertificate) -> CryptographyClient:
+        from azure.keyvault.keys import KeyVaultKey
+        from azure.keyvault.keys.crypto import CryptographyClient
+
+        numbers = certificate.chain.public_key.public_numbers()
+        jwk = {
+            "kid": certificate.key_id,
+            "kty": "RSA",
+            "key_ops": ["sign", "verify"],
+            "n": numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
+            "e": numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
+        }
+        # Handing the client a KeyVaultKey stops it from calling keys/get (an extra request, and
+        # a permission the least-privilege role does not have) before the first sign.
+        key = KeyVaultKey(key_id=certificate.key_id, jwk=jwk)
+        return CryptographyClient(key, self._credential, **client_options(self.vault_url))
+
+    def _principal(self) -> str:
+        """The object id in the vault token, for hints that name who needs a role."""
+        try:
+            import jwt
+
+            token = self._credential.get_token(VAULT_SCOPE).token
+            claims = jwt.decode(token, options={"verify_signature": False})
+            return str(claims.get("oid") or "")
+        except Exception:  # a hint must never mask the real error
+            return ""
+
+
+def _describe(
+    vault_url: str, name: str, certificate: KeyVaultCertificate, policy: Any
+) -> VaultCertificate:
+    if not certificate.cer or not certificate.key_id:
+        raise KeyVaultError(
+            f"Key Vault returned certificate {name!r} without its cer or kid",
+            operation="certificate_get",
+        )
+    properties = certificate.properties
+    key_props = getattr(policy, "exportable", None), getattr(policy, "key_type", None)
+    version = properties.version if properties is not None else None
+    return VaultCertificate(
+        vault_url=vault_url,
+        name=name,
+        version=version or urlsplit(certificate.key_id).path.rsplit("/", 1)[-1],
+        key_id=certificate.key_id,
+        chain=CertificateChain(der=(bytes(certificate.cer),)),
+        enabled=bool(properties.enabled) if properties is not None else True,
+        not_before=properties.not_before if properties is not None else None,
+        expires_on=properties.expires_on if properties is not None else None,
+        exportable=key_props[0],
+        key_type=str(getattr(key_props[1], "value", key_props[1])) if key_props[1] else None,
+        key_size=getattr(policy, "key_size", None),
+    )
