@@ -24,33 +24,56 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "load_settings": "kvassert.settings",
+    "settings_from_mapping": "kvassert.settings",
     "AzureAdSettings": "kvassert.settings",
     "CredentialDescription": "kvassert.settings",
     "build_assertion": "kvassert.assertion",
+    "CertificateChain": "kvassert.signing",
     "Signer": "kvassert.signing",
     "LocalCertificateSigner": "kvassert.signing",
+    "KeyVaultSigner": "kvassert.vault_signer",
+    "AccessToken": "kvassert.token_client",
+    "RetryPolicy": "kvassert.transport",
+    "AzureAdCredential": "kvassert.credential",
+    "from_appsettings": "kvassert.credential",
 }
 
 if TYPE_CHECKING:
     from kvassert.assertion import build_assertion
-    from kvassert.settings import AzureAdSettings, CredentialDescription, load_settings
-    from kvassert.signing import LocalCertificateSigner, Signer
+    from kvassert.credential import AzureAdCredential, from_appsettings
+    from kvassert.settings import (
+        AzureAdSettings,
+        CredentialDescription,
+        load_settings,
+        settings_from_mapping,
+    )
+    from kvassert.signing import CertificateChain, LocalCertificateSigner, Signer
+    from kvassert.token_client import AccessToken
+    from kvassert.transport import RetryPolicy
+    from kvassert.vault_signer import KeyVaultSigner
 
 __all__ = [
+    "AccessToken",
     "AllCredentialsFailedError",
+    "AzureAdCredential",
     "AzureAdSettings",
+    "CertificateChain",
     "ConfigError",
     "CredentialDescription",
     "CredentialUnavailableError",
     "KeyVaultError",
+    "KeyVaultSigner",
     "KvassertError",
     "LocalCertificateSigner",
+    "RetryPolicy",
     "Signer",
     "SigningError",
     "TokenRequestError",
     "__version__",
     "build_assertion",
+    "from_appsettings",
     "load_settings",
+    "settings_from_mapping",
 ]
 
 
