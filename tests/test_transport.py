@@ -3,55 +3,23 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from kvassert.errors import TokenRequestError
 from kvassert.token_client import TokenClient
 from kvassert.transport import RetryPolicy, ca_bundle_for, is_loopback_host, make_session
+from tests.fakes import Script, scripted_server
 
 OK = json.dumps({"access_token": "tok", "expires_in": 3600, "token_type": "Bearer"}).encode()
 
 
-class Script:
-    """Answers to give, in order; the last one repeats."""
-
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, dict[str, str], bytes]] = []
-        self.hits = 0
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[str, Script]]:
-    script = Script()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            self.rfile.read(length)
-            index = min(script.hits, len(script.answers) - 1)
-            script.hits += 1
-            status, headers, body = script.answers[index]
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/t/oauth2/v2.0/token", script
-    httpd.shutdown()
-    httpd.server_close()
+    with scripted_server() as (base, script):
+        yield f"{base}/t/oauth2/v2.0/token", script
 
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, backoff_max=0.05, jitter=0.0, deadline=5.0)
