@@ -137,21 +137,15 @@ def test_fallback_in_order_skips_unloadable_and_rejected(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     base, script = endpoint
-    rejected = cert_a.cert.public_key().public_numbers()
+    thumbprint_a = base64.urlsafe_b64encode(hashlib.sha256(cert_a.der).digest()).rstrip(b"=")
 
     def respond(form: dict[str, str]) -> Answer:
         if "client_secret" in form:
             return ok("from-secret")
         header = jwt.get_unverified_header(form["client_assertion"])
-        expected_a = (
-            base64.urlsafe_b64encode(__import__("hashlib").sha256(cert_a.der).digest())
-            .rstrip(b"=")
-            .decode()
-        )
-        return aadsts(700027) if header["x5t#S256"] == expected_a else ok("from-b")
+        return aadsts(700027) if header["x5t#S256"] == thumbprint_a.decode() else ok("from-b")
 
     script.responder = respond
-    del rejected
     entries = [
         {"SourceType": "Path", "CertificateDiskPath": str(tmp_path / "missing.pem")},
         pem_entry(tmp_path, cert_a, "a.pem"),
