@@ -205,6 +205,9 @@ def environment_layer(env: Mapping[str, str], section: str) -> Layer:
     prefix = section_key(section)
     layer: Layer = {}
     for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            found = f"a {type(name).__name__} name with a {type(value).__name__} value"
+            raise ConfigError("env", found, "str names and str values")
         # .NET's environment provider replaces every "__" with the ":" delimiter.
         segments = tuple(name.replace("__", ":").split(":"))
         key = tuple(segment.lower() for segment in segments)

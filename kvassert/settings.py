@@ -80,6 +80,7 @@ _MULTI_TENANT_ALIASES = {"common", "organizations", "consumers"}
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,255}")
 _HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.?")
+_SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _VAULT_OBJECT_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")  # Key Vault's rule for object names
 
 
@@ -216,11 +217,8 @@ def _from_layers(
     merged = layers.merge([*file_layers, layers.environment_layer(env, section)])
     node = layers.build_section(merged, section)
     if node is None:
-        found = (
-            f"nothing in {', '.join(source_files)} or the environment"
-            if source_files
-            else f"nothing: no appsettings file was found and no {section}__* env var is set"
-        )
+        where = ", ".join(source_files) or "no appsettings file found"
+        found = f"nothing ({where}; no {section}__* env var)"
         raise ConfigError(section, found, "a section with ClientId, TenantId and credentials")
     root = Section(node, section)
     root.require_object("an object with ClientId, TenantId and ClientCredentials")
@@ -390,24 +388,9 @@ def _credential(
     values = {key: entry.text(key) for key in (*required, *optional)}
     if not skip:
         _check_credential(source_type, values, entry, env)
-    get = values.get
-    return CredentialDescription(
-        source_type=source_type,
-        path=entry.path,
-        key_vault_url=get("KeyVaultUrl"),
-        key_vault_certificate_name=get("KeyVaultCertificateName"),
-        certificate_disk_path=get("CertificateDiskPath"),
-        certificate_password=get("CertificatePassword"),
-        base64_encoded_value=get("Base64EncodedValue"),
-        client_secret=get("ClientSecret"),
-        managed_identity_client_id=get("ManagedIdentityClientId"),
-        signed_assertion_file_disk_path=get("SignedAssertionFileDiskPath"),
-        token_exchange_url=get("TokenExchangeUrl"),
-        certificate_store_path=get("CertificateStorePath"),
-        certificate_thumbprint=get("CertificateThumbprint"),
-        certificate_distinguished_name=get("CertificateDistinguishedName"),
-        skip=skip,
-    )
+    # KeyVaultUrl -> key_vault_url: the dataclass fields are the snake_case key names.
+    fields_by_key = {_SNAKE.sub("_", key).lower(): value for key, value in values.items()}
+    return CredentialDescription(source_type, entry.path, skip=skip, **fields_by_key)
 
 
 def _check_credential(

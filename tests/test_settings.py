@@ -279,7 +279,7 @@ def test_list_with_non_numeric_keys_is_an_error() -> None:
 
 
 def test_keys_are_case_insensitive_and_paths_use_canonical_spelling() -> None:
-    document = {
+    document: dict[str, Any] = {
         "azuread": {
             "CLIENTID": CLIENT,
             "tenantid": TENANT,
@@ -754,6 +754,12 @@ def test_settings_from_mapping_reads_os_environ_by_default(monkeypatch: pytest.M
 def test_settings_from_mapping_rejects_non_json_input(document: Any) -> None:
     with pytest.raises(ConfigError):
         settings_from_mapping(document, env={})
+
+
+def test_env_map_with_non_string_values_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(azuread(), env={"AzureAd__SendX5C": True})  # type: ignore[dict-item]
+    assert info.value.path == "env"
 
 
 def test_python_numbers_and_booleans_read_like_json_text() -> None:
