@@ -26,6 +26,7 @@ from kvassert.errors import (
 from kvassert.sources import (
     CertificateSource,
     CredentialSource,
+    KeyVaultSource,
     VaultCredentialFactory,
     make_sources,
 )
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from kvassert.settings import AzureAdSettings
 
 _LOG = logging.getLogger("kvassert")
+SKEW_CODE = 700024
+# The Date header has 1-second resolution and the round trip adds a little: smaller offsets are
+# noise, not skew.
+SKEW_TOLERANCE_SECONDS = 5.0
 
 
 class AzureAdCredential:
@@ -60,12 +65,19 @@ class AzureAdCredential:
         token_client: TokenClient | None = None,
         cache: TokenCache | None = None,
         additionally_allowed_tenants: Iterable[str] = (),
+        certificate_refresh_interval: float = 3600.0,
+        expiry_warning_days: int = 30,
     ) -> None:
         self.settings = settings
         self._sources = (
             list(sources)
             if sources is not None
-            else make_sources(settings, vault_credential=vault_credential)
+            else make_sources(
+                settings,
+                vault_credential=vault_credential,
+                certificate_refresh_interval=certificate_refresh_interval,
+                expiry_warning_days=expiry_warning_days,
+            )
         )
         if not self._sources:
             raise KvassertError(
@@ -77,6 +89,9 @@ class AzureAdCredential:
         self._allowed_tenants = frozenset(additionally_allowed_tenants)
         self._targets: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._targets_lock = threading.Lock()
+        # Seconds to add to this machine's clock when building assertions, learned from the
+        # token endpoint's Date header after AADSTS700024 (see _request_with_recovery).
+        self.clock_offset = 0.0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -208,7 +223,7 @@ class AzureAdCredential:
         errors: list[KvassertError] = []
         for source in self._sources:
             try:
-                return self._request_with(source, target, claims)
+                return self._request_with_recovery(source, target, claims)
             except (CredentialUnavailableError, SigningError) as exc:
                 _LOG.warning("credential %s skipped: %s", source.label, exc)
                 failures.append((source.label, str(exc)))
@@ -227,12 +242,43 @@ class AzureAdCredential:
             raise errors[0]
         raise AllCredentialsFailedError(failures)
 
+    def _request_with_recovery(
+        self, source: CredentialSource, target: Any, claims: str | None
+    ) -> AccessToken:
+        """One request, and at most one retry when the rejection can be fixed here: a clock
+        skew (AADSTS700024 with the server's Date) or a rotated certificate."""
+        try:
+            return self._request_with(source, target, claims)
+        except TokenRequestError as exc:
+            if exc.aadsts == SKEW_CODE and exc.server_time is not None:
+                offset = exc.server_time - time.time()
+                if abs(offset - self.clock_offset) >= SKEW_TOLERANCE_SECONDS:
+                    _LOG.warning(
+                        "Entra's clock differs from this machine's by %+.0f s (AADSTS700024); "
+                        "correcting assertion times and retrying once",
+                        offset,
+                    )
+                    self.clock_offset = offset
+                    return self._request_with(source, target, claims)
+            elif exc.credential_problem and source.reload():
+                _LOG.warning(
+                    "credential %s was rejected (AADSTS%s) and has changed in the vault; "
+                    "retrying once",
+                    source.label,
+                    exc.aadsts,
+                )
+                return self._request_with(source, target, claims)
+            raise
+
     def _request_with(
         self, source: CredentialSource, target: Any, claims: str | None
     ) -> AccessToken:
         source.load()
         endpoint = target.endpoint
-        fields = source.form_fields(endpoint, time.time())
+        now = time.time()
+        if isinstance(source, KeyVaultSource):
+            source.refresh_if_stale(now)
+        fields = source.form_fields(endpoint, now + self.clock_offset)
         form = build_form(self.settings.client_id, target, fields, claims=claims)
         context: Mapping[str, str] = {
             "client_id": self.settings.client_id,

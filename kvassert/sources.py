@@ -149,16 +149,29 @@ class Base64Source(CertificateSource):
 
 
 class KeyVaultSource(CertificateSource):
-    """``SourceType: KeyVault``: the certificate's key signs inside Key Vault."""
+    """``SourceType: KeyVault``: the certificate's key signs inside Key Vault.
+
+    The certificate's metadata is re-read every ``refresh_interval`` seconds (and on demand
+    after Entra rejects the credential), so a rotated certificate is picked up without a
+    restart; only one thread re-reads at a time, the others keep signing with the current one.
+    """
 
     def __init__(
         self,
         description: CredentialDescription,
         settings: AzureAdSettings,
         vault_credential: VaultCredentialFactory,
+        *,
+        refresh_interval: float = 3600.0,
+        expiry_warning_days: int = 30,
     ) -> None:
         super().__init__(description, settings)
         self._vault_credential = vault_credential
+        self.refresh_interval = refresh_interval
+        self.expiry_warning_days = expiry_warning_days
+        self._loaded_at = 0.0
+        self._reloading = threading.Lock()
+        self._warned_versions: set[str] = set()
 
     def make_signer(self) -> Signer:
         from kvassert.vault_signer import KeyVaultSigner
@@ -174,6 +187,7 @@ class KeyVaultSource(CertificateSource):
         except KeyVaultError as exc:
             signer.close()
             raise CredentialUnavailableError(str(exc), source=self.description.path) from exc
+        self._loaded(signer)
         return signer
 
     @property
@@ -184,16 +198,58 @@ class KeyVaultSource(CertificateSource):
         assert isinstance(signer, KeyVaultSigner)
         return signer
 
+    def refresh_if_stale(self, now: float) -> None:
+        """Re-read the certificate when the last read is older than ``refresh_interval``."""
+        if self._signer is not None and now - self._loaded_at >= self.refresh_interval:
+            self._reload(blocking=False)
+
     def reload(self) -> bool:
+        return self._reload(blocking=True)
+
+    def _reload(self, *, blocking: bool) -> bool:
         if self._signer is None:
             return False
-        signer = self.vault_signer
-        before = signer.certificate.version
+        if not self._reloading.acquire(blocking=blocking):
+            return False  # another thread is re-reading; keep using the current certificate
         try:
-            return signer.load().version != before
-        except KeyVaultError as exc:
-            _LOG.warning("re-reading %s failed: %s", self.label, exc)
-            return False
+            signer = self.vault_signer
+            before = signer.certificate.version
+            try:
+                after = signer.load().version
+            except KeyVaultError as exc:
+                _LOG.warning("re-reading %s failed: %s", self.label, exc)
+                return False
+            self._loaded(signer)
+            if after != before:
+                _LOG.warning(
+                    "%s: now signing with certificate version %s (was %s)",
+                    self.label,
+                    after,
+                    before,
+                )
+            return after != before
+        finally:
+            self._reloading.release()
+
+    def _loaded(self, signer: KeyVaultSigner) -> None:
+        import datetime as dt
+        import time
+
+        self._loaded_at = time.time()
+        certificate = signer.certificate
+        if certificate.expires_on is None or certificate.version in self._warned_versions:
+            return
+        left = certificate.expires_on - dt.datetime.now(dt.timezone.utc)
+        if left < dt.timedelta(days=self.expiry_warning_days):
+            self._warned_versions.add(certificate.version)
+            _LOG.warning(
+                "%s: certificate version %s expires on %s (in %d days): rotate it in Key Vault "
+                "and register the new version on the app",
+                self.label,
+                certificate.version,
+                f"{certificate.expires_on:%Y-%m-%d}",
+                left.days,
+            )
 
     def close(self) -> None:
         if self._signer is not None:
@@ -333,6 +389,8 @@ def make_sources(
     settings: AzureAdSettings,
     *,
     vault_credential: VaultCredentialFactory | None = None,
+    certificate_refresh_interval: float = 3600.0,
+    expiry_warning_days: int = 30,
 ) -> list[CredentialSource]:
     """The configured credentials in order, ``Skip``-ped ones left out."""
     factory = vault_credential or default_vault_credential()
@@ -342,7 +400,15 @@ def make_sources(
             continue
         kind = description.source_type
         if kind == "KeyVault":
-            sources.append(KeyVaultSource(description, settings, factory))
+            sources.append(
+                KeyVaultSource(
+                    description,
+                    settings,
+                    factory,
+                    refresh_interval=certificate_refresh_interval,
+                    expiry_warning_days=expiry_warning_days,
+                )
+            )
         elif kind == "Path":
             sources.append(PathSource(description, settings))
         elif kind == "Base64Encoded":

@@ -265,3 +265,29 @@ def test_client_assertion_callable_and_redacted_repr(
     two = jwt.decode(second, options={"verify_signature": False})
     assert one["aud"] == f"{base}/{TENANT}/oauth2/v2.0/token"
     assert one["jti"] != two["jti"]
+
+
+@pytest.mark.parametrize("skew", [600, -600])
+def test_clock_skew_is_learned_from_date_header_and_reused(
+    endpoint: tuple[str, Script], tmp_path: Path, cert_a: CertBundle, skew: int
+) -> None:
+    from email.utils import formatdate
+
+    base, script = endpoint
+
+    def skewed_entra(form: dict[str, str]) -> Answer:
+        server_now = time.time() + skew
+        claims = jwt.decode(form["client_assertion"], options={"verify_signature": False})
+        headers = {"Date": formatdate(server_now, usegmt=True)}
+        if not claims["nbf"] - 300 <= server_now < claims["exp"]:
+            status, _, body = aadsts(700024, status=400)
+            return status, headers, body
+        return 200, headers, ok()[2]
+
+    script.responder = skewed_entra
+    with credential(base, [pem_entry(tmp_path, cert_a)]) as cred:
+        cred.get_token("api://x/.default")
+        assert script.hits == 2  # rejected once, corrected, accepted
+        assert abs(cred.clock_offset - skew) < 5
+        cred.get_token("api://other/.default")
+        assert script.hits == 3  # the offset is reused: no second rejection
