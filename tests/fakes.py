@@ -42,7 +42,11 @@ def scripted_server() -> Iterator[tuple[str, Script]]:
             status, headers, body = (
                 script.responder(form) if script.responder else script.answers[index]
             )
-            self.send_response(status)
+            # send_response would add its own Date; a scripted Date (skew tests) must be the
+            # only one.
+            self.send_response_only(status)
+            if "Date" not in headers:
+                self.send_header("Date", self.date_time_string())
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
