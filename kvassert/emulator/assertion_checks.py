@@ -222,10 +222,13 @@ def _x5c_leaf(header: Mapping[str, Any]) -> bytes | None:
     chain = header.get("x5c")
     if chain is None:
         return None
-    try:  # RFC 7515 section 4.1.6: standard (not url-safe) base64 DER, leaf first
+    # RFC 7515 section 4.1.6: standard (not url-safe) base64 DER, leaf first. msal-python sends
+    # the PEM body with its line breaks (``_extract_cert_and_thumbprints``) and Entra takes it,
+    # so whitespace inside a value is ignored.
+    try:
         if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
             raise ValueError("x5c is a non-empty array of strings")
-        return base64.b64decode(chain[0], validate=True)
+        return base64.b64decode("".join(chain[0].split()), validate=True)
     except (ValueError, binascii.Error):
         raise EntraError(INVALID_JWT, "JWT token is invalid or malformed.") from None
 

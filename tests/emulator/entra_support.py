@@ -140,3 +140,86 @@ class EntraApp:
 
 def http_client(directory: Directory, clock: Clock) -> Client:
     return Client(EntraApp(FakeState(clock, directory)))
+
+
+# -- a TLS server for SDK tests ------------------------------------------------------------------
+@dataclass
+class TlsMaterial:
+    ca_path: str
+    cert_path: str
+    key_path: str
+
+
+def make_tls(directory_path: str) -> TlsMaterial:
+    """A throwaway CA and a server certificate for 127.0.0.1 (SAN IP), written as PEM files."""
+    import datetime as dt
+    import ipaddress
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    from tests.certs import rsa_key
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, leaf_key = rsa_key(2048, 5), rsa_key(2048, 6)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kvassert test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    root = Path(directory_path)
+    pem = serialization.Encoding.PEM
+    (root / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (root / "server.pem").write_bytes(leaf.public_bytes(pem))
+    (root / "server.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return TlsMaterial(str(root / "ca.pem"), str(root / "server.pem"), str(root / "server.key"))
+
+
+class LocalEntraServer:
+    """``EntraApp`` served over TLS on 127.0.0.1 in a thread (until ``server.py`` exists)."""
+
+    def __init__(self, state: FakeState, tls: TlsMaterial) -> None:
+        import ssl
+        import threading
+
+        from werkzeug.serving import make_server
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_path, tls.key_path)
+        self.app = EntraApp(state)
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True, ssl_context=context)
+        self.base_url = f"https://127.0.0.1:{self.server.server_port}"
+        self.app.base_url = self.base_url
+        self.ca_path = tls.ca_path
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)

@@ -310,6 +310,9 @@ def test_x5c_leaf_is_accepted_when_registered(
     assert authenticate(directory, make(directory, cert, thumbprint="", header={"x5c": x5c})) == "2"
     both = make(directory, cert, header={"x5c": x5c})
     assert authenticate(directory, both) == "2"
+    # msal-python sends the PEM body, line breaks included.
+    wrapped = "\n".join(x5c[0][i : i + 64] for i in range(0, len(x5c[0]), 64))
+    assert authenticate(directory, make(directory, cert, header={"x5c": [wrapped]})) == "2"
 
 
 @pytest.mark.parametrize(
