@@ -1,5 +1,6 @@
 """The emulated Entra directory: tenants, app registrations, managed identities, signing keys,
-token issuance and validation, client authentication. State and verbs only; no HTTP.
+token issuance and validation. State and verbs only; no HTTP (client authentication, which
+reads this state, is ``client_auth.py``).
 
 ``register_application`` extras (all optional, keyword-only):
 
@@ -30,13 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvassert.emulator.assertion_checks import (
-    CLIENT_ASSERTION_TYPE,
     AadstsKind,
     AssertionPolicy,
     EntraError,
     RegisteredCertificate,
-    parse_compact_jws,
-    verify_certificate_assertion,
 )
 from kvassert.emulator.clock import Clock
 from kvassert.emulator.sts_tokens import (
@@ -46,7 +44,6 @@ from kvassert.emulator.sts_tokens import (
     TokenRequest,
     check_lifetime,
     mint,
-    verify_federated_assertion,
     verify_signature,
 )
 
@@ -70,15 +67,8 @@ FIRST_PARTY: Mapping[str, str] = {
     TOKEN_EXCHANGE.lower(): "fb60f99c-7a34-4190-8149-302f77469936",
 }
 
-# Message texts are those of real answers quoted in the cited issues.
-APP_NOT_FOUND = AadstsKind(700016, "unauthorized_client", 400)  # Office365itpros#23
-BAD_SECRET = AadstsKind(7000215, "invalid_client", 401)  # Azure/sap-automation#418 (401)
-NO_CREDENTIAL = AadstsKind(7000218, "invalid_client", 401)  # haystack-editor#41, 401 per
-# Azure-Samples/active-directory-dotnet-native-aspnetcore#22
-RESOURCE_NOT_FOUND = AadstsKind(500011, "invalid_resource", 400)  # laravel-azure-middleware#51
-# Two client authentication methods at once (RFC 6749 section 2.3); docs: 90023 InvalidRequest.
-TWO_CREDENTIALS = AadstsKind(90023, "invalid_request", 400)
-MISSING_PARAMETER = AadstsKind(900144, "invalid_request", 400)  # docs: 900144
+# Text as in Azure/azure-cli#29113, answered as invalid_resource (laravel-azure-middleware#51).
+RESOURCE_NOT_FOUND = AadstsKind(500011, "invalid_resource", 400)
 
 
 @dataclass(frozen=True)
@@ -344,87 +334,15 @@ class Directory:
             self._keys.insert(0, key)
         return key
 
-    # -- client authentication -----------------------------------------------------------------
-    def authenticate_client(
-        self,
-        *,
-        tenant_id: str,
-        client_id: str,
-        client_secret: str | None = None,
-        client_assertion: str | None = None,
-        client_assertion_type: str | None = None,
-        endpoint_url: str,
-        base_url: str,
-    ) -> tuple[Application, str]:
-        """The app the request authenticates as, and its ``appidacr`` ("1" secret, "2"
-        certificate or federated credential). Raises ``EntraError`` with Entra's code."""
-        app = self.get_application(client_id, tenant_id)
-        if app is None:
-            raise EntraError(
-                APP_NOT_FOUND,
-                f"Application with identifier '{client_id}' was not found in the directory "
-                f"'{tenant_id}'. This can happen if the application has not been installed by "
-                "the administrator of the tenant or consented to by any user in the tenant. You "
-                "may have sent your authentication request to the wrong tenant.",
-            )
-        if client_secret and client_assertion:
-            raise EntraError(TWO_CREDENTIALS, "The request is not valid: use one credential.")
-        if client_secret:
-            if not app.check_secret(client_secret):
-                raise EntraError(
-                    BAD_SECRET,
-                    "Invalid client secret provided. Ensure the secret being sent in the request "
-                    "is the client secret value, not the client secret ID, for a secret added to "
-                    f"app '{app.client_id}'.",
-                )
-            return app, "1"
-        if not client_assertion:
-            raise EntraError(
-                NO_CREDENTIAL,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
-            )
-        if client_assertion_type != CLIENT_ASSERTION_TYPE:
-            raise EntraError(
-                MISSING_PARAMETER,
-                "The request body must contain the following parameter: 'client_assertion_type'.",
-            )
-        policy = self.policy
-        jws = parse_compact_jws(client_assertion, allow_padding=policy.allow_padded_base64)
-        iss = jws.claims.get("iss")
-        if isinstance(iss, str) and iss != client_id and iss.startswith(f"{base_url}/"):
-            # An assertion issued by this STS: a federated identity credential (managed identity).
-            self._verify_federated(app, client_assertion, tenant_id=tenant_id, base_url=base_url)
-            return app, "2"
-        verify_certificate_assertion(
-            jws,
-            client_id=client_id,
-            certificates=app.certificates,
-            endpoint_url=endpoint_url,
-            now=self.clock.now(),
-            policy=policy,
-        )
-        return app, "2"
-
-    def _verify_federated(
-        self, app: Application, token: str, *, tenant_id: str, base_url: str
-    ) -> None:
+    def signing_keys(self) -> list[SigningKey]:
+        """Current key first."""
         with self._lock:
-            keys = list(self._keys)
-            identities = [self.system_identity, *self._identities.values()]
-        trusted = set(app.federated_identities)
-        subjects = trusted | {
-            mi.principal_id for mi in identities if {mi.client_id, mi.principal_id} & trusted
-        }
-        verify_federated_assertion(
-            token,
-            keys,
-            issuers=self.issuers(base_url, tenant_id) if trusted else (),
-            audiences={TOKEN_EXCHANGE, FIRST_PARTY[TOKEN_EXCHANGE.lower()]},
-            subjects=subjects,
-            now=self.clock.now(),
-            leeway=self.policy.clock_skew_seconds,
-        )
+            return list(self._keys)
+
+    def identities(self) -> list[ManagedIdentity]:
+        """The system-assigned identity, then the user-assigned ones."""
+        with self._lock:
+            return [self.system_identity, *self._identities.values()]
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

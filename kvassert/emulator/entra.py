@@ -22,6 +22,7 @@ from urllib.parse import unquote_plus
 from werkzeug.wrappers import Response
 
 from kvassert.emulator.assertion_checks import AadstsKind, EntraError
+from kvassert.emulator.client_auth import TWO_CREDENTIALS, authenticate_client
 from kvassert.emulator.directory import Directory
 from kvassert.emulator.routing import RequestContext, Route, WireError, json_response
 
@@ -37,7 +38,6 @@ MISSING_PARAMETER = AadstsKind(900144, "invalid_request", 400)  # docs: 900144
 POST_ONLY = AadstsKind(900561, "invalid_request", 400)  # docs: 900561
 SCOPE_NOT_DEFAULT = AadstsKind(1002012, "invalid_scope", 400)  # MicrosoftDocs/azure-docs#99862
 SCOPE_MULTIPLE = AadstsKind(700022, "invalid_scope", 400)  # docs: InvalidMultipleResourcesScope
-TWO_CREDENTIALS = AadstsKind(90023, "invalid_request", 400)  # docs: InvalidRequest
 
 
 def _missing(name: str) -> EntraError:
@@ -212,7 +212,8 @@ def _token(ctx: RequestContext, tenant_segment: str, *, version: int) -> Respons
             resource_name = form.get("resource", "")
             if not resource_name:
                 raise _missing("resource")
-        app, acr = directory.authenticate_client(
+        app, acr = authenticate_client(
+            directory,
             tenant_id=tenant,
             client_id=client_id,
             client_secret=secret,

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kvassert.emulator.assertion_checks import CLIENT_ASSERTION_TYPE, EntraError
+from kvassert.emulator.client_auth import authenticate_client
 from kvassert.emulator.clock import Clock
 from kvassert.emulator.directory import Application, Directory, InvalidAccessToken
 from tests.certs import CertBundle, make_cert, rsa_key
@@ -58,7 +59,8 @@ def app(directory: Directory, cert: CertBundle) -> Application:
 
 def authenticate(directory: Directory, token: str, *, endpoint: str | None = None) -> str:
     tenant = directory.tenant_id
-    _, acr = directory.authenticate_client(
+    _, acr = authenticate_client(
+        directory,
         tenant_id=tenant,
         client_id=CLIENT,
         client_assertion=token,
@@ -262,7 +264,7 @@ def test_secret_authentication(directory: Directory, app: Application) -> None:
         "endpoint_url": v2_endpoint(directory.tenant_id),
         "base_url": BASE,
     }
-    assert directory.authenticate_client(client_id=CLIENT, client_secret="s3cret", **base) == (
+    assert authenticate_client(directory, client_id=CLIENT, client_secret="s3cret", **base) == (
         app,
         "1",
     )
@@ -275,7 +277,7 @@ def test_secret_authentication(directory: Directory, app: Application) -> None:
     ]
     for kwargs, code in cases:
         with pytest.raises(EntraError) as info:
-            directory.authenticate_client(**kwargs, **base)
+            authenticate_client(directory, **kwargs, **base)
         assert info.value.code == code, kwargs
 
 
