@@ -27,39 +27,31 @@ from azure.identity import (
     ManagedIdentityCredential,
 )
 
-from kvassert.emulator.clock import Clock
 from kvassert.emulator.directory import Directory
+from kvassert.emulator.server import Emulator
 from tests.certs import CertBundle, make_cert, rsa_key
-from tests.emulator.entra_support import (
-    FakeState,
-    LocalEntraServer,
-    assertion,
-    make_directory,
-    make_tls,
-)
+from tests.emulator.entra_support import assertion
 
 VAULT_SCOPE = "https://vault.azure.net/.default"
 
 
 class Stack:
-    def __init__(self, server: LocalEntraServer, directory: Directory) -> None:
-        self.server = server
-        self.directory = directory
-        self.base_url = server.base_url
-        self.ca_path = server.ca_path
-        self.tenant = directory.tenant_id
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.base_url = emulator.info.authority
+        self.ca_path = emulator.info.ca_file
+        self.tenant = emulator.info.tenant_id
+
+    @property
+    def directory(self) -> Directory:
+        assert self.emulator.state is not None
+        return self.emulator.state.directory
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    clock = Clock()
-    directory = make_directory(clock)
-    tls = make_tls(str(tmp_path_factory.mktemp("tls")))
-    server = LocalEntraServer(FakeState(clock, directory), tls)
-    try:
-        yield Stack(server, directory)
-    finally:
-        server.close()
+def stack() -> Iterator[Stack]:
+    with Emulator() as emulator:
+        yield Stack(emulator)
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +191,8 @@ def test_client_secret_credential(stack: Stack) -> None:
 
 @pytest.fixture
 def app_service(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{stack.base_url}/msi/token")
-    monkeypatch.setenv("IDENTITY_HEADER", stack.directory.identity_header)
+    for name, value in stack.emulator.info.identity_environ().items():
+        monkeypatch.setenv(name, value)
     for name in (
         "AZURE_CLIENT_ID",
         "AZURE_TENANT_ID",
@@ -245,3 +237,29 @@ def test_managed_identity_with_a_wrong_header(
     monkeypatch.setenv("IDENTITY_HEADER", "not-the-header")
     with pytest.raises(ClientAuthenticationError):
         ManagedIdentityCredential().get_token(VAULT_SCOPE)
+
+
+# -- through the admin API -----------------------------------------------------------------------
+def test_admin_registration_roles_clock_and_log(stack: Stack, cert: CertBundle) -> None:
+    admin = stack.emulator.admin
+    api = str(uuid.uuid4())
+    admin.register_application(api, identifier_uris=["api://reports"], app_roles=["Reports.Read"])
+    client_id = str(uuid.uuid4())
+    registered = admin.register_application(
+        client_id, certificates=[cert.der], app_roles_granted={"api://reports": ["Reports.Read"]}
+    )
+    pem = cert.pem(with_chain=False).decode()
+    split = pem.index("-----BEGIN PRIVATE KEY")
+    credential = {"private_key": pem[split:], "public_certificate": pem[:split]}
+    result = msal_app(stack, client_id, credential).acquire_token_for_client(
+        ["api://reports/.default"]
+    )
+    assert claims_of(result["access_token"])["roles"] == ["Reports.Read"]
+    entries = admin.log(operation="token", principal=registered["principal_id"])
+    assert entries and entries[-1]["status"] == 200
+    admin.set_clock(3600)  # the emulator runs an hour ahead: a fresh assertion is "expired"
+    try:
+        late = msal_app(stack, client_id, credential).acquire_token_for_client([VAULT_SCOPE])
+    finally:
+        admin.set_clock(0)
+    assert late["error_codes"] == [700024]
