@@ -1,28 +1,22 @@
 """Helpers for the Entra/identity emulator tests: a directory with a shared signing key, a
-hand-rolled JWS builder (so tests can get padding, salt and claims wrong on purpose), and a tiny
-WSGI app that mounts the Entra and identity routes without the rest of the emulator."""
+hand-rolled JWS builder (so tests can get padding, salt and claims wrong on purpose), and a
+werkzeug test client on the emulator's WSGI app (no server, no TLS)."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from unittest import mock
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
 from werkzeug.test import Client
-from werkzeug.wrappers import Request, Response
 
-from kvassert.emulator import entra, identity
 from kvassert.emulator.clock import Clock
 from kvassert.emulator.directory import Directory
-from kvassert.emulator.routing import RequestContext, Route
 from kvassert.emulator.sts_tokens import SigningKey
 from tests.certs import CertBundle
 
@@ -110,33 +104,13 @@ def v1_endpoint(tenant: str, base: str = BASE) -> str:
     return f"{base}/{tenant}/oauth2/token"
 
 
-@dataclass
-class FakeState:
-    """The parts of ``EmulatorState`` the Entra and identity routes use."""
-
-    clock: Clock
-    directory: Directory
-
-
-class EntraApp:
-    """WSGI app mounting only the Entra and identity routes, as ``app.py`` would."""
-
-    def __init__(self, state: FakeState, base_url: str = BASE) -> None:
-        self.state = state
-        self.base_url = base_url
-        routes: list[Route] = [*entra.ROUTES, *identity.ROUTES]
-        self.map = Map([Rule(r.rule, methods=r.methods, endpoint=r) for r in routes])
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        try:
-            route, values = self.map.bind_to_environ(environ).match()
-        except HTTPException as exc:
-            return exc(environ, start_response)
-        ctx = RequestContext(state=self.state, request=request, base_url=self.base_url)  # type: ignore[arg-type]
-        response: Response = route.handler(ctx, **values)
-        return response(environ, start_response)
-
-
 def http_client(directory: Directory, clock: Clock) -> Client:
-    return Client(EntraApp(FakeState(clock, directory)))
+    """werkzeug's test client on the emulator's real WSGI app (all services mounted), with
+    ``directory`` as its directory and ``BASE`` as its origin."""
+    from kvassert.emulator.app import EmulatorApp
+    from kvassert.emulator.state import EmulatorState
+
+    with mock.patch.object(SigningKey, "generate", return_value=_shared_key()):
+        state = EmulatorState(clock=clock, tenant_id=directory.tenant_id)
+    state.directory = directory
+    return Client(EmulatorApp(state, base_url=BASE))
