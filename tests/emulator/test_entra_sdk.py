@@ -134,6 +134,18 @@ def test_msal_with_a_client_assertion_callable(stack: Stack, cert: CertBundle) -
     assert "access_token" in result, result
 
 
+def test_msal_with_validate_authority_off_instead(stack: Stack) -> None:
+    client_id = register(stack, secrets=["s3cret"])
+    app = msal.ConfidentialClientApplication(
+        client_id,
+        client_credential="s3cret",
+        authority=f"{stack.base_url}/{stack.tenant}",
+        validate_authority=False,
+        verify=stack.ca_path,
+    )
+    assert "access_token" in app.acquire_token_for_client([VAULT_SCOPE])
+
+
 def test_msal_reports_entra_errors(stack: Stack, cert: CertBundle) -> None:
     client_id = register(stack, secrets=["right"])
     result = msal_app(stack, client_id, "wrong").acquire_token_for_client([VAULT_SCOPE])
