@@ -121,6 +121,12 @@ _TABLE: tuple[Aadsts, ...] = (
         "client credentials need a scope ending in /.default, e.g. api://my-api/.default",
     ),
     Aadsts(
+        1002012,
+        "the scope is not valid for client credentials",
+        "client credentials need the resource's /.default scope, e.g. api://my-api/.default, "
+        "not {scope}",
+    ),
+    Aadsts(
         700021,
         "the client assertion's application identifier does not match the client id",
         "iss/sub of the assertion must equal client_id {client_id}",

@@ -67,6 +67,16 @@ def usable(version: Any, now: dt.datetime) -> bool:
     return not (version.expires_on is not None and version.expires_on <= now)
 
 
+def _not_yet_valid_here(version: Any, now: dt.datetime) -> bool:
+    """Enabled and unexpired, but with a ``not_before`` still ahead of this machine's clock."""
+    return (
+        version.enabled is not False
+        and version.not_before is not None
+        and version.not_before > now
+        and (version.expires_on is None or version.expires_on > now)
+    )
+
+
 def newest_usable(versions: Iterable[Any], now: dt.datetime) -> Any | None:
     """The most recently created usable version, or None."""
     epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
@@ -82,7 +92,12 @@ def explain_http_error(
     code, inner, message = _error_parts(exc)
     who = f"principal {principal}" if principal else "the app's identity"
     hint = ""
-    if status == 403 and operation == "sign":
+    if status == 403 and inner not in ("", "ForbiddenByRbac", "ForbiddenByPolicy"):
+        hint = (
+            f"Key Vault refused the operation on this key version ({inner}): check that "
+            "the certificate version is enabled and inside its validity period"
+        )
+    elif status == 403 and operation == "sign":
         hint = (
             f"grant Key Vault Crypto User (or a role with "
             f"Microsoft.KeyVault/vaults/keys/sign/action) on {vault_url} to {who}"
@@ -255,15 +270,26 @@ class KeyVaultSigner:
                 version = newest_usable(
                     client.list_properties_of_certificate_versions(self.certificate_name), now
                 )
-                if version is None:
+                if version is not None:
+                    self.certificate_reads += 1
+                    chosen = client.get_certificate_version(self.certificate_name, version.version)
+                elif latest.properties is not None and _not_yet_valid_here(latest.properties, now):
+                    # Nothing else can sign, and the newest version only looks early because
+                    # this machine's clock is behind the vault's: let the vault judge.
+                    _LOG.warning(
+                        "certificate %r version %s is not valid before %s by this machine's "
+                        "clock; using it anyway (is the clock behind?)",
+                        self.certificate_name,
+                        latest.properties.version,
+                        latest.properties.not_before,
+                    )
+                else:
                     raise KeyVaultError(
                         f"certificate {self.certificate_name!r} in {self.vault_url} has no "
                         "enabled version that is valid now",
                         operation="certificate_get",
                         hint="enable a version or create a new one",
                     )
-                self.certificate_reads += 1
-                chosen = client.get_certificate_version(self.certificate_name, version.version)
         except HttpResponseError as exc:
             raise explain_http_error(
                 exc,
