@@ -68,14 +68,20 @@ def error_body(
 
 class EntraWireError(WireError):
     """An Entra error raised outside a handler (injected faults): renders Entra's shape with
-    a public-cloud ``error_uri``, since no request context is at hand."""
+    a public-cloud ``error_uri``, since no request context is at hand. The default code fits the
+    status: 429 is 90055 (docs: TenantThrottlingError), 5xx 90033 (docs: service unavailable),
+    anything else 90023 (docs: InvalidRequest)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, code: int = 90033, error: str = ""
+        self, message: str, *, status: int | None = None, code: int = 0, error: str = ""
     ) -> None:
         super().__init__(message, status=status)
-        default = "temporarily_unavailable" if self.status >= 500 else "invalid_request"
-        self.entra = EntraError(AadstsKind(code, error or default, self.status), message)
+        if self.status == 429 or self.status >= 500:
+            default = (90055 if self.status == 429 else 90033, "temporarily_unavailable")
+        else:
+            default = (90023, "invalid_request")
+        kind = AadstsKind(code or default[0], error or default[1], self.status)
+        self.entra = EntraError(kind, message)
 
     def response(self) -> Response:
         trace = str(uuid.uuid4())

@@ -350,6 +350,8 @@ def test_injected_fault_error_has_entra_shape() -> None:
     body = json.loads(resp.get_data())
     assert resp.status_code == 503 and body["error"] == "temporarily_unavailable"
     assert body["error_codes"] == [90033] and body["error_description"].startswith("AADSTS90033")
+    throttled = json.loads(EntraWireError("Slow down", status=429).response().get_data())
+    assert throttled["error_codes"] == [90055] and throttled["error"] == "temporarily_unavailable"
 
 
 # -- discovery and keys --------------------------------------------------------------------------
