@@ -89,9 +89,11 @@ def run_demo(keep: str | None = None) -> int:
                     reuse_key=False,
                     validity_in_months=12,
                 )
-                created = certificates.begin_create_certificate(CERTIFICATE_NAME, policy).result()
+                certificates.begin_create_certificate(CERTIFICATE_NAME, policy).result()
+                created = certificates.get_certificate(CERTIFICATE_NAME)
+            exportable = created.policy.exportable if created.policy else None
             print(f"   {created.id}")
-            print(f"   key: {created.key_id} (exportable: {created.policy.exportable})")
+            print(f"   key: {created.key_id} (exportable: {exportable})")
 
             _section("3. App registration and least-privilege access")
             client_id = str(uuid.uuid4())
