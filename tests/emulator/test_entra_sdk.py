@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -48,10 +47,10 @@ class Stack:
         return self.emulator.state.directory
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with Emulator() as emulator:
-        yield Stack(emulator)
+@pytest.fixture
+def stack(emu: Emulator) -> Stack:
+    """The session's emulator (``emu`` in conftest.py), reset for this test."""
+    return Stack(emu)
 
 
 @pytest.fixture(autouse=True)
