@@ -35,7 +35,7 @@ class CheckLine:
     detail: str
 
     def render(self) -> str:
-        return f"[{self.status}] {self.label}: {self.detail}"
+        return f"[{self.status}] {self.label}: {' '.join(self.detail.split())}"
 
 
 def check_settings(

@@ -142,7 +142,8 @@ def _error_parts(exc: Any) -> tuple[str, str, str]:
         return "", "", ""
     inner = error.get("innererror")
     inner_code = inner.get("code", "") if isinstance(inner, dict) else ""
-    message = str(error.get("message") or "")[:300]
+    # Key Vault's messages carry "\r\nCaller: ...\r\nAction: ..." details: keep them, on one line.
+    message = " ".join(str(error.get("message") or "").split())[:400]
     return str(error.get("code") or ""), str(inner_code), message
 
 
