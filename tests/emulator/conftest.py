@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+from unittest import mock
 
 import pytest
 from werkzeug.test import Client, TestResponse
 
 from kvassert.emulator.app import EmulatorApp
+from kvassert.emulator.clock import Clock
 from kvassert.emulator.server import Emulator
 from kvassert.emulator.state import EmulatorState
+from kvassert.emulator.sts_tokens import SigningKey
 from kvassert.emulator.vault import CertificatePolicy
 
 BASE = "https://127.0.0.1:8443"
@@ -71,7 +75,7 @@ class Http:
             json=json,
             data=data,
             headers=sent,
-            query_string=API if params is None else params,
+            query_string=API if params is None else (params or None),
             base_url=BASE,
             **environ,
         )
@@ -80,9 +84,20 @@ class Http:
         return Http(self.state, self.client, vault_token(self.state, principal))
 
 
+@lru_cache(maxsize=1)
+def _signing_key() -> SigningKey:
+    return SigningKey.generate(Clock().now())
+
+
+def new_state() -> EmulatorState:
+    """A fresh state whose token-signing key is shared across tests (RSA keygen is slow)."""
+    with mock.patch.object(SigningKey, "generate", return_value=_signing_key()):
+        return EmulatorState()
+
+
 @pytest.fixture
 def state() -> EmulatorState:
-    return EmulatorState()
+    return new_state()
 
 
 @pytest.fixture

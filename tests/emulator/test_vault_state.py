@@ -33,7 +33,7 @@ from kvassert.emulator.vault import (
     Vault,
 )
 from tests.certs import make_cert, rsa_key
-from tests.emulator.conftest import self_signed_policy
+from tests.emulator.conftest import new_state, self_signed_policy
 
 HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 
@@ -437,13 +437,13 @@ def test_faults_apply_count_times_then_disappear() -> None:
 
 
 def test_default_role_is_administrator_for_the_system_identity() -> None:
-    state = EmulatorState()
+    state = new_state()
     principal = state.directory.system_identity.principal_id
     assert all(state.rbac.allows(principal, op) for op in OPERATION_DATA_ACTIONS)
 
 
 def test_reset_keeps_the_published_identity_and_forgets_the_rest() -> None:
-    state = EmulatorState()
+    state = new_state()
     directory = state.directory
     published = (directory.tenant_id, directory.identity_header, directory.system_identity)
     jwks = directory.jwks()
@@ -461,7 +461,7 @@ def test_reset_keeps_the_published_identity_and_forgets_the_rest() -> None:
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    state = EmulatorState()
+    state = new_state()
     key = state.vault.keys.import_key("k", rsa_key(2048, 1))
     state.vault.certificates.create("app", self_signed_policy())
     state.vault.certificates.operation("app")
