@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 from urllib.parse import unquote_plus
 
+from werkzeug.http import http_date
 from werkzeug.wrappers import Response
 
 from kvassert.emulator.assertion_checks import AadstsKind, EntraError
@@ -103,12 +104,16 @@ class _Call:
         self.trace_id = str(uuid.uuid4())
         self.correlation_id = ctx.request.headers.get("client-request-id") or str(uuid.uuid4())
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, cache: str = "no-store, no-cache") -> dict[str, str]:
+        # Date from the emulator clock: clients measure their skew from it after AADSTS700024,
+        # as they would from Entra's own Date header.
         headers = {
-            "Cache-Control": "no-store, no-cache",
-            "Pragma": "no-cache",
+            "Cache-Control": cache,
+            "Date": http_date(self.ctx.now()),
             "x-ms-request-id": self.trace_id,
         }
+        if cache.startswith("no-store"):
+            headers["Pragma"] = "no-cache"
         if self.ctx.request.headers.get("return-client-request-id", "").lower() == "true":
             headers["client-request-id"] = self.correlation_id
         return headers
@@ -292,8 +297,7 @@ def _discovery(ctx: RequestContext, tenant_segment: str, *, version: int) -> Res
         "tenant_region_scope": "WW",
         "cloud_instance_name": "kvassert.emulator",
     }
-    headers = {"Cache-Control": "max-age=86400, private", "x-ms-request-id": call.trace_id}
-    return json_response(doc, headers=headers)
+    return json_response(doc, headers=call.headers("max-age=86400, private"))
 
 
 def openid_configuration_v2(ctx: RequestContext, tenant: str) -> Response:
@@ -310,8 +314,7 @@ def jwks(ctx: RequestContext, tenant: str) -> Response:
         resolve_tenant(ctx.state.directory, tenant, allow_special=True)
     except EntraError as err:
         return call.error(err)
-    headers = {"Cache-Control": "max-age=86400, private", "x-ms-request-id": call.trace_id}
-    return json_response(ctx.state.directory.jwks(), headers=headers)
+    return json_response(ctx.state.directory.jwks(), headers=call.headers("max-age=86400, private"))
 
 
 ROUTES: list[Route] = [

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import uuid
 
+from werkzeug.http import http_date
 from werkzeug.wrappers import Response
 
 from kvassert.emulator.assertion_checks import EntraError
@@ -32,12 +33,12 @@ API_VERSIONS = {"2019-08-01"}
 SELECTORS = ("client_id", "principal_id", "object_id", "mi_res_id")
 
 
-def _error(status: int, message: str) -> Response:
+def _error(ctx: RequestContext, status: int, message: str) -> Response:
     correlation = str(uuid.uuid4())
     return json_response(
         {"statusCode": status, "message": message, "correlationId": correlation},
         status=status,
-        headers={"X-CORRELATION-ID": correlation},
+        headers={"X-CORRELATION-ID": correlation, "Date": http_date(ctx.now())},
     )
 
 
@@ -46,29 +47,31 @@ def msi_token(ctx: RequestContext) -> Response:
     args = ctx.request.args
     presented = ctx.request.headers.get("X-IDENTITY-HEADER", "")
     if not presented or not hmac.compare_digest(presented, directory.identity_header):
-        return _error(401, "Unauthorized: the X-IDENTITY-HEADER header is missing or invalid.")
+        return _error(ctx, 401, "Unauthorized: the X-IDENTITY-HEADER header is missing or invalid.")
     api_version = args.get("api-version", "")
     if api_version not in API_VERSIONS:
-        return _error(400, f"The api-version '{api_version}' is not supported; use 2019-08-01.")
+        return _error(
+            ctx, 400, f"The api-version '{api_version}' is not supported; use 2019-08-01."
+        )
     resource_name = args.get("resource", "")
     if not resource_name:
-        return _error(400, "The 'resource' query parameter is required.")
+        return _error(ctx, 400, "The 'resource' query parameter is required.")
     given = {name: args[name] for name in SELECTORS if args.get(name)}
     if len(given) > 1:
-        return _error(400, f"Only one of {', '.join(SELECTORS)} may be specified.")
+        return _error(ctx, 400, f"Only one of {', '.join(SELECTORS)} may be specified.")
     identity = directory.find_identity(
         client_id=given.get("client_id", ""),
         principal_id=given.get("principal_id") or given.get("object_id", ""),
         resource_id=given.get("mi_res_id", ""),
     )
     if identity is None:
-        return _error(400, "Unable to load the proper Managed Identity.")
+        return _error(ctx, 400, "Unable to load the proper Managed Identity.")
     ctx.principal = identity.principal_id
     tenant = directory.tenant_id
     try:
         resource = directory.resolve_resource(tenant, resource_name)
     except EntraError as err:
-        return _error(500, f"An unexpected error occurred while fetching the AAD Token. {err}")
+        return _error(ctx, 500, f"An unexpected error occurred while fetching the AAD Token. {err}")
     issued = directory.issue_token(
         identity,
         resource,
@@ -85,7 +88,8 @@ def msi_token(ctx: RequestContext) -> Response:
             "resource": issued.resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,
-        }
+        },
+        headers={"Date": http_date(ctx.now())},  # the emulator clock, as in entra.py
     )
 
 

@@ -188,7 +188,7 @@ def test_client_secret_basic(client: Client, directory: Directory) -> None:
     assert_entra_error(resp, 400, "invalid_request", 90023)
 
 
-def test_tokens_follow_the_emulator_clock(
+def test_tokens_and_dates_follow_the_emulator_clock(
     client: Client, directory: Directory, clock: Clock
 ) -> None:
     clock.set_offset(-86400)
@@ -202,6 +202,18 @@ def test_tokens_follow_the_emulator_clock(
     )
     claims = jwt.decode(resp.get_json()["access_token"], options={"verify_signature": False})
     assert abs(claims["iat"] - clock.now()) < 5
+    # Clients learn their skew from the Date of an AADSTS700024 answer.
+    refused = post(
+        client,
+        v2(directory),
+        grant_type="client_credentials",
+        client_id=CLIENT,
+        client_secret="nope",
+        scope="https://vault.azure.net/.default",
+    )
+    for answer in (resp, refused, msi(client, directory)):
+        assert answer.date is not None
+        assert abs(answer.date.timestamp() - clock.now()) < 5
 
 
 # -- token endpoint: errors ----------------------------------------------------------------------
