@@ -6,8 +6,11 @@ The rules, and where each was checked (sources cited again next to the code that
   (MicrosoftDocs/entra-docs ``docs/identity-platform/certificate-credentials.md``): header
   ``alg`` PS256 (or RS256), ``typ`` JWT, ``x5t#S256`` (or ``x5t``); claims ``aud`` = token
   endpoint, ``iss`` = ``sub`` = client id, ``jti``, ``exp``, ``nbf``, ``iat``. The page also says
-  "Microsoft Entra ID doesn't place restrictions on the exp time currently", so the lifetime cap
-  is an opt-in emulator policy (``AssertionPolicy.max_lifetime_seconds``), off by default.
+  "Microsoft Entra ID doesn't place restrictions on the exp time currently". The emulator still
+  bounds the lifetime (``AssertionPolicy.max_lifetime_seconds``, 1 hour by default): being
+  stricter than Entra is safe (what the emulator accepts, Entra accepts), the bound still admits
+  msal's 10-minute and azure-identity's 30-minute assertions, and it catches a client that mints
+  day-long assertions, which Entra's own guidance (5-10 minutes) warns against.
 - Entra accepts what the Microsoft SDKs send, so the emulator must too: msal-python sends float
   ``iat``/``exp`` (``msal/oauth2cli/assertion.py``: ``now = time.time()``) and re-sends the same
   assertion (same ``jti``) for up to 540 s (``AutoRefresher``), and azure-identity's own JWS
@@ -84,7 +87,7 @@ class AssertionPolicy:
     """How strict the checks are. The defaults are Entra's; each knob only adds strictness."""
 
     clock_skew_seconds: int = 300  # Microsoft.IdentityModel's default clock skew is 5 minutes
-    max_lifetime_seconds: int | None = None  # docs: Entra does not restrict exp "currently"
+    max_lifetime_seconds: int | None = 3600  # Entra sets none "currently"; see module docstring
     require_integer_times: bool = False  # msal-python sends floats and Entra accepts them
     allow_padded_base64: bool = True  # azure-identity's hand-built JWS carries '=' padding
 

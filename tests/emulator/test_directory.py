@@ -437,11 +437,15 @@ def test_time_window_with_five_minutes_of_skew(
     assert authenticate(directory, no_nbf) == "2"
 
 
-def test_lifetime_is_not_capped_unless_the_policy_says_so(
+def test_lifetime_is_bounded_at_an_hour_unless_the_policy_says_otherwise(
     directory: Directory, app: Application, cert: CertBundle
 ) -> None:
-    # azure-identity's own assertions live 30 minutes; Entra "doesn't place restrictions".
+    # azure-identity's own assertions live 30 minutes; day-long ones are refused by default.
     assert authenticate(directory, make(directory, cert, lifetime=1800)) == "2"
+    assert authenticate(directory, make(directory, cert, lifetime=3600)) == "2"
+    assert rejected(directory, make(directory, cert, lifetime=3601)) == 700024
+    assert rejected(directory, make(directory, cert, lifetime=86400)) == 700024
+    directory.policy = replace(directory.policy, max_lifetime_seconds=None)
     assert authenticate(directory, make(directory, cert, lifetime=86400)) == "2"
     directory.policy = replace(directory.policy, max_lifetime_seconds=600)
     assert authenticate(directory, make(directory, cert, lifetime=600)) == "2"
