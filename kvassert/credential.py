@@ -77,6 +77,7 @@ class AzureAdCredential:
                 vault_credential=vault_credential,
                 certificate_refresh_interval=certificate_refresh_interval,
                 expiry_warning_days=expiry_warning_days,
+                retry_policy=retry_policy,
             )
         )
         if not self._sources:

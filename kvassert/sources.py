@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
     from kvassert.settings import AzureAdSettings, CredentialDescription
+    from kvassert.transport import RetryPolicy
     from kvassert.vault_signer import KeyVaultSigner
 
 _LOG = logging.getLogger("kvassert.sources")
@@ -164,9 +165,11 @@ class KeyVaultSource(CertificateSource):
         *,
         refresh_interval: float = 3600.0,
         expiry_warning_days: int = 30,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__(description, settings)
         self._vault_credential = vault_credential
+        self._retry_policy = retry_policy
         self.refresh_interval = refresh_interval
         self.expiry_warning_days = expiry_warning_days
         self._loaded_at = 0.0
@@ -181,6 +184,7 @@ class KeyVaultSource(CertificateSource):
             self.description.key_vault_certificate_name or "",
             self._vault_credential(self.description),
             algorithm=self._settings.signing_algorithm,
+            retry_policy=self._retry_policy,
         )
         try:
             signer.load()
@@ -391,6 +395,7 @@ def make_sources(
     vault_credential: VaultCredentialFactory | None = None,
     certificate_refresh_interval: float = 3600.0,
     expiry_warning_days: int = 30,
+    retry_policy: RetryPolicy | None = None,
 ) -> list[CredentialSource]:
     """The configured credentials in order, ``Skip``-ped ones left out."""
     factory = vault_credential or default_vault_credential()
@@ -407,6 +412,7 @@ def make_sources(
                     factory,
                     refresh_interval=certificate_refresh_interval,
                     expiry_warning_days=expiry_warning_days,
+                    retry_policy=retry_policy,
                 )
             )
         elif kind == "Path":

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from kvassert.errors import KeyVaultError, SigningError
 from kvassert.signing import SUPPORTED_ALGORITHMS, CertificateChain, verify_signature
-from kvassert.transport import ca_bundle_for, is_loopback_url
+from kvassert.transport import RetryPolicy, ca_bundle_for, is_loopback_url
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -50,12 +50,24 @@ class VaultCertificate:
     key_size: int | None = None
 
 
-def client_options(vault_url: str) -> dict[str, Any]:
-    """SDK client keywords: loopback (emulator) hosts get the emulator CA and skip the challenge
-    resource check, which cannot pass for ``https://127.0.0.1:PORT``; real vaults keep both."""
+def client_options(vault_url: str, policy: RetryPolicy | None = None) -> dict[str, Any]:
+    """SDK client keywords. Loopback (emulator) hosts get the emulator CA and skip the challenge
+    resource check, which cannot pass for ``https://127.0.0.1:PORT``; real vaults keep both.
+    ``policy`` maps kvassert's retry policy onto azure-core's, so a vault outage ends in an
+    error within the same deadline as a token request instead of azure-core's 10 retries."""
+    options: dict[str, Any] = {}
+    if policy is not None:
+        options.update(
+            retry_total=policy.attempts - 1,
+            retry_backoff_factor=policy.backoff,
+            retry_backoff_max=policy.backoff_max,
+            timeout=policy.deadline,
+            connection_timeout=policy.timeout[0],
+            read_timeout=policy.timeout[1],
+        )
     if is_loopback_url(vault_url):
-        return {"connection_verify": ca_bundle_for(vault_url), "verify_challenge_resource": False}
-    return {}
+        options.update(connection_verify=ca_bundle_for(vault_url), verify_challenge_resource=False)
+    return options
 
 
 def usable(version: Any, now: dt.datetime) -> bool:
@@ -163,6 +175,7 @@ class KeyVaultSigner:
         credential: TokenCredential,
         *,
         algorithm: str = "PS256",
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         if algorithm not in SUPPORTED_ALGORITHMS:
             raise SigningError(f"unsupported algorithm {algorithm!r}; expected PS256 or RS256")
@@ -170,6 +183,7 @@ class KeyVaultSigner:
         self.certificate_name = certificate_name
         self.algorithm = algorithm
         self._credential = credential
+        self._options = client_options(self.vault_url, retry_policy or RetryPolicy())
         self._lock = threading.Lock()
         self._certificate: VaultCertificate | None = None
         self._certificates_client: CertificateClient | None = None
@@ -251,7 +265,7 @@ class KeyVaultSigner:
             from azure.keyvault.certificates import CertificateClient
 
             self._certificates_client = CertificateClient(
-                self.vault_url, self._credential, **client_options(self.vault_url)
+                self.vault_url, self._credential, **self._options
             )
         return self._certificates_client
 
@@ -321,7 +335,7 @@ class KeyVaultSigner:
         # Handing the client a KeyVaultKey stops it from calling keys/get (an extra request, and
         # a permission the least-privilege role does not have) before the first sign.
         key = KeyVaultKey(key_id=certificate.key_id, jwk=jwk)
-        return CryptographyClient(key, self._credential, **client_options(self.vault_url))
+        return CryptographyClient(key, self._credential, **self._options)
 
     def _principal(self) -> str:
         """The object id in the vault token, for hints that name who needs a role."""
