@@ -41,6 +41,9 @@ from kvassert.emulator.app import EmulatorApp
 from kvassert.emulator.state import EmulatorState
 
 WORKER_THREADS = 40
+# Idle keep-alive connections cheroot parks (its default, 10, makes the 11th client's responses
+# say "Connection: close"); they expire after the server's 10 s socket timeout.
+KEEP_ALIVE_LIMIT = 256
 CA_FILE, CA_KEY_FILE = "ca.pem", "ca-key.pem"
 
 
@@ -133,6 +136,7 @@ class HttpsServer:
             (host, port), app, numthreads=WORKER_THREADS, server_name="kvassert-emulator"
         )
         self.httpd.ssl_adapter = adapter
+        self.httpd.keep_alive_conn_limit = KEEP_ALIVE_LIMIT
         self.httpd.prepare()  # binds now, so the port is known
         bound = self.httpd.bind_addr
         self.port = int(bound[1]) if isinstance(bound, tuple) else port
