@@ -108,9 +108,22 @@ param certificateRenewAtLifetimePercentage int = 80
 // ---------- App Service ----------
 
 @description('Web app name (globally unique host name).')
+@maxLength(60)
 param webAppName string = '${namePrefix}-app-${uniqueString(resourceGroup().id)}'
 
-@description('App Service plan SKU.')
+@description('App Service plan SKU (Basic or higher: Always On, VNet integration).')
+@allowed([
+  'B1'
+  'B2'
+  'B3'
+  'S1'
+  'S2'
+  'S3'
+  'P0v3'
+  'P1v3'
+  'P2v3'
+  'P3v3'
+])
 param appServicePlanSku string = 'B1'
 
 @description('App Service plan instance count.')

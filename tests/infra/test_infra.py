@@ -675,6 +675,28 @@ def test_every_parameter_is_used(infra: Infra) -> None:
             assert param in used or in_defaults, f"{file}: parameter {param} is unused"
 
 
+def test_module_calls_match_module_parameters(infra: Infra) -> None:
+    """What the Bicep type checker would say about module calls: every argument names a declared
+    parameter, every parameter without a default gets one, and a parameter passed straight
+    through may not allow more values than the module's @allowed list."""
+    for file in infra.trees:
+        for module in infra.section(file, "modules"):
+            target = infra.module_file(file, module)
+            declared = infra.section(target, "parameters")
+            passed = infra.module_params(file, module)
+            assert set(passed) <= set(declared), f"{file}:{module}: {set(passed) - set(declared)}"
+            required = {n for n, p in declared.items() if p.get("default") is None}
+            assert required <= set(passed), f"{file}:{module} misses {required - set(passed)}"
+            for name, value in passed.items():
+                allowed = infra.param_allowed(target, name)
+                source = dotted(value)
+                if allowed is None or source not in infra.section(file, "parameters"):
+                    continue
+                outer = infra.param_allowed(file, str(source))
+                assert outer is not None, f"{file}: {source} needs @allowed like {target}:{name}"
+                assert set(outer) <= set(allowed), f"{file}: {source} allows {outer} > {allowed}"
+
+
 def test_certificate_script_never_touches_secrets(infra: Infra) -> None:
     script = infra.only_body(CERTIFICATE, DEPLOYMENT_SCRIPTS)
     call = function_call(get(script, "properties.scriptContent"), "load_text_content")
