@@ -246,6 +246,13 @@ class KeyVaultSigner:
                 f"Key Vault sign on {self.vault_url} failed: {type(exc).__name__}",
                 operation="sign",
             ) from None
+        except (ValueError, KeyError, TypeError):
+            # The SDK lets a garbage body (HTML from a proxy, truncated JSON) escape as a JSON
+            # or model error.
+            raise KeyVaultError(
+                f"Key Vault sign on {self.vault_url} answered a body that is not a sign result",
+                operation="sign",
+            ) from None
         signature = bytes(result.signature or b"")
         if not verify_signature(certificate.chain, self.algorithm, signing_input, signature):
             raise SigningError(
@@ -318,6 +325,12 @@ class KeyVaultSigner:
                 f"Key Vault certificate get on {self.vault_url} failed: {type(exc).__name__}",
                 operation="certificate_get",
             ) from None
+        except (ValueError, KeyError, TypeError):
+            raise KeyVaultError(
+                f"Key Vault certificate get on {self.vault_url} answered a body that is not a "
+                "certificate",
+                operation="certificate_get",
+            ) from None
         return _describe(self.vault_url, self.certificate_name, chosen, policy)
 
     def _crypto_client(self, certificate: VaultCertificate) -> CryptographyClient:
@@ -352,7 +365,8 @@ class KeyVaultSigner:
 def _describe(
     vault_url: str, name: str, certificate: KeyVaultCertificate, policy: Any
 ) -> VaultCertificate:
-    if not certificate.cer or not certificate.key_id:
+    cer, key_id = certificate.cer, certificate.key_id
+    if not (isinstance(cer, (bytes, bytearray)) and cer and isinstance(key_id, str) and key_id):
         raise KeyVaultError(
             f"Key Vault returned certificate {name!r} without its cer or kid",
             operation="certificate_get",
@@ -360,12 +374,22 @@ def _describe(
     properties = certificate.properties
     key_props = getattr(policy, "exportable", None), getattr(policy, "key_type", None)
     version = properties.version if properties is not None else None
+    try:
+        chain = CertificateChain(der=(bytes(cer),))
+        _ = chain.leaf  # parse now: a garbage cer must fail here, not at the first sign
+        version = version or urlsplit(key_id).path.rsplit("/", 1)[-1]
+    except ValueError:
+        raise KeyVaultError(
+            f"Key Vault returned certificate {name!r} in a form that cannot be parsed (the cer "
+            "is not a DER X.509 certificate, or the kid is not a URL)",
+            operation="certificate_get",
+        ) from None
     return VaultCertificate(
         vault_url=vault_url,
         name=name,
-        version=version or urlsplit(certificate.key_id).path.rsplit("/", 1)[-1],
-        key_id=certificate.key_id,
-        chain=CertificateChain(der=(bytes(certificate.cer),)),
+        version=version,
+        key_id=key_id,
+        chain=chain,
         enabled=bool(properties.enabled) if properties is not None else True,
         not_before=properties.not_before if properties is not None else None,
         expires_on=properties.expires_on if properties is not None else None,
