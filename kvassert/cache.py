@@ -42,6 +42,17 @@ def refresh_rule(token: AccessToken | None, now: float) -> Refresh:
     return Refresh.NOT_NEEDED
 
 
+def keeps_current(rule: Refresh, *, refreshing: bool, now: float, not_before: float) -> bool:
+    """Whether a caller should go on serving the still-valid token rather than refresh it: only
+    when a refresh is merely recommended and someone else is refreshing, or failures back off."""
+    return rule is Refresh.RECOMMENDED and (refreshing or now < not_before)
+
+
+def next_backoff(previous: float) -> float:
+    """The wait after another failed refresh of a still-valid token: 5 s, doubling to 5 min."""
+    return min(RETRY_BACKOFF_MAX, previous * 2 if previous else RETRY_BACKOFF_START)
+
+
 class TokenCache:
     """In-memory tokens keyed by (authority, client id, scope or resource, ...)."""
 
@@ -83,10 +94,11 @@ class TokenCache:
         with self._mutex:
             flight = self._flights.get(key)
             leader = flight is None
-            if rule is Refresh.RECOMMENDED and entry is not None:
-                not_before, _ = self._backoff.get(key, (0.0, 0.0))
-                if not leader or now < not_before:
-                    return entry  # someone is refreshing, or we are backing off: keep serving
+            not_before, _ = self._backoff.get(key, (0.0, 0.0))
+            if entry is not None and keeps_current(
+                rule, refreshing=not leader, now=now, not_before=not_before
+            ):
+                return entry
             if flight is None:
                 flight = Future()
                 self._flights[key] = flight
@@ -120,6 +132,6 @@ class TokenCache:
     def _note_failure(self, key: Hashable) -> float:
         with self._mutex:
             _, previous = self._backoff.get(key, (0.0, 0.0))
-            delay = min(RETRY_BACKOFF_MAX, previous * 2 if previous else RETRY_BACKOFF_START)
+            delay = next_backoff(previous)
             self._backoff[key] = (self._clock() + delay, delay)
             return delay

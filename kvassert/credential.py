@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from kvassert.cache import TokenCache
 from kvassert.errors import (
@@ -30,7 +31,7 @@ from kvassert.sources import (
     VaultCredentialFactory,
     make_sources,
 )
-from kvassert.token_client import AccessToken, TokenClient, build_form, target_for
+from kvassert.token_client import AccessToken, TokenClient, TokenTarget, build_form, target_for
 from kvassert.transport import RetryPolicy, ca_bundle_for
 
 if TYPE_CHECKING:
@@ -46,6 +47,132 @@ SKEW_CODE = 700024
 # The Date header has 1-second resolution and the round trip adds a little: smaller offsets are
 # noise, not skew.
 SKEW_TOLERANCE_SECONDS = 5.0
+
+_S = TypeVar("_S", bound="_Labelled")
+
+
+class _Labelled(Protocol):
+    @property
+    def label(self) -> str: ...
+
+
+class _Skewed(Protocol):
+    clock_offset: float
+
+
+@dataclass(frozen=True)
+class Send(Generic[_S]):
+    """Flow step: send one token request with ``source``; the result is the token."""
+
+    source: _S
+
+
+@dataclass(frozen=True)
+class Reload(Generic[_S]):
+    """Flow step: re-read ``source``; the result is True when it changed."""
+
+    source: _S
+
+
+Step = Send[_S] | Reload[_S]
+
+
+def acquisition_flow(
+    sources: Sequence[_S], clock: _Skewed
+) -> Generator[Step[_S], Any, AccessToken]:
+    """The order of attempts behind one token, written once for the sync and async credentials
+    (as httpx writes an auth flow once): it yields ``Send``/``Reload`` steps, is sent their
+    results or thrown their errors by the caller, which owns all I/O, and returns the token.
+
+    Credentials are tried in order: one that cannot load is skipped, one that Entra rejects with
+    a credential-problem code falls through to the next; one error is raised as itself, several
+    as ``AllCredentialsFailedError``. ``clock.clock_offset`` is updated on a skew correction.
+    """
+    failures: list[tuple[str, str]] = []
+    errors: list[KvassertError] = []
+    for source in sources:
+        try:
+            return (yield from _recovering(source, clock))
+        except (CredentialUnavailableError, SigningError) as exc:
+            _LOG.warning("credential %s skipped: %s", source.label, exc)
+            failures.append((source.label, str(exc)))
+            errors.append(exc)
+        except TokenRequestError as exc:
+            if not exc.credential_problem:
+                raise
+            _LOG.warning(
+                "credential %s rejected by Entra (AADSTS%s); trying the next one",
+                source.label,
+                exc.aadsts,
+            )
+            failures.append((source.label, str(exc)))
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise AllCredentialsFailedError(failures)
+
+
+def _recovering(source: _S, clock: _Skewed) -> Generator[Step[_S], Any, AccessToken]:
+    """One request, and at most one retry when the rejection can be fixed here: a clock skew
+    (AADSTS700024 with the server's Date) or a rotated certificate."""
+    try:
+        token: AccessToken = yield Send(source)
+        return token
+    except TokenRequestError as exc:
+        if exc.aadsts == SKEW_CODE and exc.server_time is not None:
+            offset = exc.server_time - time.time()
+            if abs(offset - clock.clock_offset) >= SKEW_TOLERANCE_SECONDS:
+                _LOG.warning(
+                    "Entra's clock differs from this machine's by %+.0f s (AADSTS700024); "
+                    "correcting assertion times and retrying once",
+                    offset,
+                )
+                clock.clock_offset = offset
+                token = yield Send(source)
+                return token
+        elif exc.credential_problem and (yield Reload(source)):
+            _LOG.warning(
+                "credential %s was rejected (AADSTS%s) and has changed in the vault; retrying once",
+                source.label,
+                exc.aadsts,
+            )
+            token = yield Send(source)
+            return token
+        raise
+
+
+def resolve_target(
+    settings: AzureAdSettings,
+    allowed_tenants: frozenset[str],
+    scopes: tuple[str, ...],
+    tenant_id: str | None,
+) -> tuple[Hashable, TokenTarget]:
+    """The cache key and token target for ``scopes`` in ``tenant_id`` (default: the configured
+    tenant); raises ``KvassertError`` for a tenant not in ``allowed_tenants`` and
+    ``ValueError`` for bad scopes."""
+    endpoint = settings.token_endpoint()
+    if tenant_id and tenant_id != settings.tenant_id:
+        if "*" not in allowed_tenants and tenant_id not in allowed_tenants:
+            raise KvassertError(
+                f"a token for tenant {tenant_id!r} was requested, but the credential is "
+                f"configured for {settings.tenant_id!r}; add it to "
+                "additionally_allowed_tenants to allow it"
+            )
+        endpoint = endpoint.replace(f"/{settings.tenant_id}/", f"/{tenant_id}/", 1)
+    target = target_for(endpoint, settings.token_version, tuple(scopes))
+    return (endpoint, settings.client_id, target.scope, target.resource), target
+
+
+def request_context(
+    settings: AzureAdSettings, target: TokenTarget, hints: Mapping[str, str]
+) -> dict[str, str]:
+    """What error hints may name about a token request (never a secret)."""
+    return {
+        "client_id": settings.client_id,
+        "tenant": settings.tenant_id,
+        "scope": target.label,
+        **hints,
+    }
 
 
 class AzureAdCredential:
@@ -88,7 +215,7 @@ class AzureAdCredential:
         self._client = token_client or TokenClient(policy=retry_policy)
         self._cache = cache or TokenCache()
         self._allowed_tenants = frozenset(additionally_allowed_tenants)
-        self._targets: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._targets: dict[tuple[Any, ...], tuple[Hashable, TokenTarget]] = {}
         self._targets_lock = threading.Lock()
         # Seconds to add to this machine's clock when building assertions, learned from the
         # token endpoint's Date header after AADSTS700024 (see _request_with_recovery).
@@ -202,77 +329,35 @@ class AzureAdCredential:
 
     # acquisition ------------------------------------------------------------------------------
 
-    def _resolve_target(self, scopes: tuple[str, ...], tenant_id: str | None) -> tuple[Any, ...]:
-        settings = self.settings
-        endpoint = settings.token_endpoint()
-        if tenant_id and tenant_id != settings.tenant_id:
-            if "*" not in self._allowed_tenants and tenant_id not in self._allowed_tenants:
-                raise KvassertError(
-                    f"a token for tenant {tenant_id!r} was requested, but the credential is "
-                    f"configured for {settings.tenant_id!r}; add it to "
-                    "additionally_allowed_tenants to allow it"
-                )
-            endpoint = endpoint.replace(f"/{settings.tenant_id}/", f"/{tenant_id}/", 1)
-        target = target_for(endpoint, settings.token_version, tuple(scopes))
-        key = (endpoint, settings.client_id, target.scope, target.resource)
+    def _resolve_target(
+        self, scopes: tuple[str, ...], tenant_id: str | None
+    ) -> tuple[Hashable, TokenTarget]:
+        resolved = resolve_target(self.settings, self._allowed_tenants, scopes, tenant_id)
         with self._targets_lock:
-            self._targets[(scopes, tenant_id)] = (key, target)
-        return key, target
+            self._targets[(scopes, tenant_id)] = resolved
+        return resolved
 
-    def _acquire(self, target: Any, claims: str | None) -> AccessToken:
-        failures: list[tuple[str, str]] = []
-        errors: list[KvassertError] = []
-        for source in self._sources:
+    def _acquire(self, target: TokenTarget, claims: str | None) -> AccessToken:
+        """Drive ``acquisition_flow``: do each step's I/O, hand back its result or error."""
+        flow = acquisition_flow(self._sources, self)
+        step = next(flow)
+        while True:
             try:
-                return self._request_with_recovery(source, target, claims)
-            except (CredentialUnavailableError, SigningError) as exc:
-                _LOG.warning("credential %s skipped: %s", source.label, exc)
-                failures.append((source.label, str(exc)))
-                errors.append(exc)
-            except TokenRequestError as exc:
-                if not exc.credential_problem:
-                    raise
-                _LOG.warning(
-                    "credential %s rejected by Entra (AADSTS%s); trying the next one",
-                    source.label,
-                    exc.aadsts,
-                )
-                failures.append((source.label, str(exc)))
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise AllCredentialsFailedError(failures)
-
-    def _request_with_recovery(
-        self, source: CredentialSource, target: Any, claims: str | None
-    ) -> AccessToken:
-        """One request, and at most one retry when the rejection can be fixed here: a clock
-        skew (AADSTS700024 with the server's Date) or a rotated certificate."""
-        try:
-            return self._request_with(source, target, claims)
-        except TokenRequestError as exc:
-            if exc.aadsts == SKEW_CODE and exc.server_time is not None:
-                offset = exc.server_time - time.time()
-                if abs(offset - self.clock_offset) >= SKEW_TOLERANCE_SECONDS:
-                    _LOG.warning(
-                        "Entra's clock differs from this machine's by %+.0f s (AADSTS700024); "
-                        "correcting assertion times and retrying once",
-                        offset,
-                    )
-                    self.clock_offset = offset
-                    return self._request_with(source, target, claims)
-            elif exc.credential_problem and source.reload():
-                _LOG.warning(
-                    "credential %s was rejected (AADSTS%s) and has changed in the vault; "
-                    "retrying once",
-                    source.label,
-                    exc.aadsts,
-                )
-                return self._request_with(source, target, claims)
-            raise
+                try:
+                    if isinstance(step, Reload):
+                        outcome: Any = step.source.reload()
+                    else:
+                        outcome = self._request_with(step.source, target, claims)
+                except Exception as exc:
+                    step = flow.throw(exc)
+                else:
+                    step = flow.send(outcome)
+            except StopIteration as done:
+                token: AccessToken = done.value
+                return token
 
     def _request_with(
-        self, source: CredentialSource, target: Any, claims: str | None
+        self, source: CredentialSource, target: TokenTarget, claims: str | None
     ) -> AccessToken:
         source.load()
         endpoint = target.endpoint
@@ -281,12 +366,7 @@ class AzureAdCredential:
             source.refresh_if_stale(now)
         fields = source.form_fields(endpoint, now + self.clock_offset)
         form = build_form(self.settings.client_id, target, fields, claims=claims)
-        context: Mapping[str, str] = {
-            "client_id": self.settings.client_id,
-            "tenant": self.settings.tenant_id,
-            "scope": target.label,
-            **source.hint_context(),
-        }
+        context = request_context(self.settings, target, source.hint_context())
         return self._client.request(endpoint, form, verify=ca_bundle_for(endpoint), context=context)
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from kvassert.settings import AzureAdSettings, CredentialDescription
     from kvassert.transport import RetryPolicy
-    from kvassert.vault_signer import KeyVaultSigner
+    from kvassert.vault_signer import KeyVaultSigner, VaultCertificate
 
 _LOG = logging.getLogger("kvassert.sources")
 
@@ -236,28 +236,37 @@ class KeyVaultSource(CertificateSource):
             self._reloading.release()
 
     def _loaded(self, signer: KeyVaultSigner) -> None:
-        import datetime as dt
         import time
 
         self._loaded_at = time.time()
-        certificate = signer.certificate
-        if certificate.expires_on is None or certificate.version in self._warned_versions:
-            return
-        left = certificate.expires_on - dt.datetime.now(dt.timezone.utc)
-        if left < dt.timedelta(days=self.expiry_warning_days):
-            self._warned_versions.add(certificate.version)
-            _LOG.warning(
-                "%s: certificate version %s expires on %s (in %d days): rotate it in Key Vault "
-                "and register the new version on the app",
-                self.label,
-                certificate.version,
-                f"{certificate.expires_on:%Y-%m-%d}",
-                left.days,
-            )
+        warn_if_expiring(
+            self.label, signer.certificate, self._warned_versions, self.expiry_warning_days
+        )
 
     def close(self) -> None:
         if self._signer is not None:
             self.vault_signer.close()
+
+
+def warn_if_expiring(
+    label: str, certificate: VaultCertificate, warned_versions: set[str], warning_days: int
+) -> None:
+    """Log once per certificate version that it expires within ``warning_days``."""
+    import datetime as dt
+
+    if certificate.expires_on is None or certificate.version in warned_versions:
+        return
+    left = certificate.expires_on - dt.datetime.now(dt.timezone.utc)
+    if left < dt.timedelta(days=warning_days):
+        warned_versions.add(certificate.version)
+        _LOG.warning(
+            "%s: certificate version %s expires on %s (in %d days): rotate it in Key Vault "
+            "and register the new version on the app",
+            label,
+            certificate.version,
+            f"{certificate.expires_on:%Y-%m-%d}",
+            left.days,
+        )
 
 
 class ClientSecretSource(CredentialSource):
@@ -364,6 +373,12 @@ class UnavailableSource(CredentialSource):
         raise CredentialUnavailableError(self.reason, source=self.description.path)
 
 
+def identity_client_id(description: CredentialDescription, env: Mapping[str, str]) -> str:
+    """The managed identity a source authenticates as: ``ManagedIdentityClientId``, else
+    ``AZURE_CLIENT_ID``, else "" (the system-assigned identity)."""
+    return description.managed_identity_client_id or env.get("AZURE_CLIENT_ID") or ""
+
+
 def default_vault_credential(
     env: Mapping[str, str] | None = None,
 ) -> VaultCredentialFactory:
@@ -375,7 +390,7 @@ def default_vault_credential(
     lock = threading.Lock()
 
     def factory(description: CredentialDescription) -> TokenCredential:
-        client_id = description.managed_identity_client_id or env.get("AZURE_CLIENT_ID") or ""
+        client_id = identity_client_id(description, env)
         with lock:
             if client_id not in made:
                 from azure.identity import DefaultAzureCredential

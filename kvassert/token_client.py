@@ -7,6 +7,7 @@ adapter owns retries, see ``transport``) and hands the answer to the parser.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -21,7 +22,10 @@ from kvassert.errors import TokenRequestError
 GRANT_TYPE = "client_credentials"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_SCOPE_SUFFIX = "/.default"
-_AADSTS = re.compile(r"AADSTS(\d+)")
+# ASCII digits and a bounded count: \d also matches other scripts' digits, and int() refuses
+# strings over 4300 digits (CVE-2020-10735), so a hostile body must not reach int() unbounded.
+_AADSTS = re.compile(r"AADSTS([0-9]{1,9})")
+_DIGITS = re.compile(r"[0-9]{1,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,8 @@ def default_refresh_on(issued_at: int, expires_on: int) -> int:
     """Refresh a sixth of the lifetime (at least 5 minutes) before expiry, never before half of
     it: a 1-hour token refreshes at 50 minutes, a 10-minute one at 5."""
     lifetime = max(0, expires_on - issued_at)
-    return max(issued_at + lifetime // 2, expires_on - max(300, lifetime // 6))
+    # Half rounded up, so even a 1-second token is not due for refresh the moment it arrives.
+    return max(issued_at + (lifetime + 1) // 2, expires_on - max(300, lifetime // 6))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +118,12 @@ def server_time(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).timestamp()
+        moment = parsedate_to_datetime(value)
+        if moment.tzinfo is None:
+            # RFC 5322 §3.3: "-0000" is still UT, only without the sender's zone; left naive,
+            # timestamp() would read it as this machine's local time.
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return moment.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -132,7 +142,7 @@ def _int_field(body: Mapping[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value)
     return None
 
@@ -150,7 +160,9 @@ def parse_token_response(
     endpoint = context.get("endpoint", "the token endpoint")
     try:
         document = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and numbers past int()'s digit limit;
+        # RecursionError, nesting deeper than the interpreter allows.
         document = None
     if status == 200:
         return _parse_success(document, status, now, endpoint)
@@ -204,7 +216,7 @@ def _raise_error(
     description = str(document.get("error_description") or "")
     codes = document.get("error_codes")
     code = 0
-    if isinstance(codes, list) and codes and isinstance(codes[0], int):
+    if isinstance(codes, list) and codes and type(codes[0]) is int:  # not bool
         code = codes[0]
     elif match := _AADSTS.search(description):
         code = int(match.group(1))
@@ -227,6 +239,36 @@ def _raise_error(
         credential_problem=code in CREDENTIAL_PROBLEM_CODES,
         retry_after=_retry_after(headers),
         server_time=server_time(headers),
+    )
+
+
+def token_from_answer(
+    endpoint: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float,
+    context: Mapping[str, str],
+) -> AccessToken:
+    """What the sync and async clients do with an answer: refuse a redirect (it could carry the
+    credential to another host), else ``parse_token_response``."""
+    if 300 <= status < 400:
+        raise TokenRequestError(
+            f"{endpoint} answered a redirect (HTTP {status}); kvassert never follows a redirect "
+            "with a credential: check AzureAd:Instance",
+            status=status,
+        )
+    return parse_token_response(
+        status, headers, body, now=now, context={**context, "endpoint": endpoint}
+    )
+
+
+def unreachable(endpoint: str, exc: BaseException, deadline: float) -> TokenRequestError:
+    """The error for a token request that got no answer, even after retries."""
+    return TokenRequestError(
+        f"could not reach {endpoint}: {type(exc).__name__} (after retries within {deadline:g}s)",
+        status=0,
     )
 
 
@@ -269,23 +311,14 @@ class TokenClient:
                 headers={"Accept": "application/json"},
             )
         except requests.RequestException as exc:
-            raise TokenRequestError(
-                f"could not reach {endpoint}: {type(exc).__name__} "
-                f"(after retries within {self.policy.deadline:g}s)",
-                status=0,
-            ) from None
-        if 300 <= response.status_code < 400:
-            raise TokenRequestError(
-                f"{endpoint} answered a redirect (HTTP {response.status_code}); kvassert never "
-                "follows a redirect with a credential: check AzureAd:Instance",
-                status=response.status_code,
-            )
-        return parse_token_response(
+            raise unreachable(endpoint, exc, self.policy.deadline) from None
+        return token_from_answer(
+            endpoint,
             response.status_code,
             response.headers,
             response.content,
             now=time.time(),
-            context={**context, "endpoint": endpoint},
+            context=context,
         )
 
     def close(self) -> None:
