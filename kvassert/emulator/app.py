@@ -107,26 +107,37 @@ class EmulatorApp:
 
     def dispatch(self, request: Request) -> Response:
         """Answer one request (raises ``DroppedConnection`` for a ``drop`` fault)."""
-        started = self.state.clock.now()
         base_url = self.base_url or f"{request.scheme}://{request.host}"
         ctx = RequestContext(self.state, request, base_url, extra={"operations": self.operations})
         route, values = self._match(request)
         if isinstance(route, Response):
-            self._log(started, request, "unmatched", service_for_path(request.path), ctx, route)
+            handle = self._begin(request, "unmatched", service_for_path(request.path))
+            self.state.log.finish(handle, status=route.status_code, principal="", fault=False)
             return route
-        fault = self.state.faults.take(route.operation) if route.service != "admin" else None
+        if route.service == "admin":  # the admin API is neither logged nor faulted
+            return self._call(route, ctx, values)
+        handle = self._begin(request, route.operation, route.service)
+        fault = self.state.faults.take(route.operation)
+        injected = fault is not None and (
+            fault.drop or fault.status is not None or fault.body is not None
+        )
         try:
             response = self._fault(route, fault, request) if fault else None
         except DroppedConnection:
-            self._log(started, request, route.operation, route.service, ctx, None, fault)
+            self.state.log.finish(handle, status=0, principal=ctx.principal, fault=True)
             raise
         if response is None:
             response = self._call(route, ctx, values)
-        if route.service != "admin":
-            self._log(started, request, route.operation, route.service, ctx, response, fault)
+        self.state.log.finish(
+            handle, status=response.status_code, principal=ctx.principal, fault=injected
+        )
         if request.method not in ("GET", "HEAD") and response.status_code < 400:
             self.state.changed()
         return response
+
+    def _begin(self, request: Request, operation: str, service: str) -> list[LogEntry]:
+        entry = LogEntry(self.state.clock.now(), request.method, request.path, operation, service)
+        return self.state.log.begin(entry)
 
     def _match(self, request: Request) -> tuple[Route | Response, dict[str, Any]]:
         adapter = self.url_map.bind_to_environ(request.environ)
@@ -192,27 +203,3 @@ class EmulatorApp:
         if fault.retry_after is not None:
             response.headers["Retry-After"] = str(fault.retry_after)
         return response
-
-    def _log(
-        self,
-        started: float,
-        request: Request,
-        operation: str,
-        service: str,
-        ctx: RequestContext,
-        response: Response | None,
-        fault: Fault | None = None,
-    ) -> None:
-        """Record the request; a dropped connection is logged with status 0."""
-        entry = LogEntry(
-            started,
-            request.method,
-            request.path,
-            operation,
-            service,
-            ctx.principal,
-            0 if response is None else response.status_code,
-            fault is not None
-            and (fault.drop or fault.status is not None or fault.body is not None),
-        )
-        self.state.log.append(entry)

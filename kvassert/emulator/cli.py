@@ -11,8 +11,6 @@ import sys
 import threading
 from types import FrameType
 
-from kvassert.emulator.server import Emulator
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -29,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 0 after a clean shutdown, 2 if it cannot start."""
+    from kvassert.emulator.server import Emulator  # heavy: only when the command runs
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

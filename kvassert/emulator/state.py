@@ -96,13 +96,16 @@ class Faults:
 
 @dataclass(frozen=True)
 class LogEntry:
+    """One request. ``status`` is None while the request is in flight (it is logged when it
+    arrives, so a slow or abandoned request still counts) and 0 for a dropped connection."""
+
     time: float
     method: str
     path: str
     operation: str
     service: str
-    principal: str
-    status: int
+    principal: str = ""
+    status: int | None = None
     fault: bool = False
 
 
@@ -111,17 +114,27 @@ class RequestLog:
 
     def __init__(self, limit: int = LOG_LIMIT) -> None:
         self._lock = threading.Lock()
-        self._entries: collections.deque[LogEntry] = collections.deque(maxlen=limit)
+        self._entries: collections.deque[list[LogEntry]] = collections.deque(maxlen=limit)
+
+    def begin(self, entry: LogEntry) -> list[LogEntry]:
+        """Record an arriving request; pass the handle to ``finish``."""
+        handle = [entry]
+        with self._lock:
+            self._entries.append(handle)
+        return handle
+
+    def finish(self, handle: list[LogEntry], *, status: int, principal: str, fault: bool) -> None:
+        with self._lock:
+            handle[0] = replace(handle[0], status=status, principal=principal, fault=fault)
 
     def append(self, entry: LogEntry) -> None:
-        with self._lock:
-            self._entries.append(entry)
+        self.begin(entry)
 
     def entries(
         self, *, operation: str | None = None, principal: str | None = None
     ) -> list[LogEntry]:
         with self._lock:
-            entries = list(self._entries)
+            entries = [handle[0] for handle in self._entries]
         return [
             e
             for e in entries

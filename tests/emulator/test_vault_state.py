@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kvassert.emulator.clock import Clock
 from kvassert.emulator.rbac import OPERATION_DATA_ACTIONS, Rbac, find_role
-from kvassert.emulator.state import EmulatorState, Fault, Faults
+from kvassert.emulator.state import EmulatorState, Fault, Faults, LogEntry, RequestLog
 from kvassert.emulator.vault import (
     PEM,
     SIGNATURE_ALGORITHMS,
@@ -499,3 +499,11 @@ def test_autosave_after_changes_and_flush(tmp_path: Path) -> None:
     state.changed()
     state.flush()
     assert EmulatorState.load(tmp_path).vault.keys.names() == ["k"]
+
+
+def test_the_log_records_a_request_when_it_arrives() -> None:
+    log = RequestLog()
+    handle = log.begin(LogEntry(1.0, "POST", "/keys/k//sign", "sign", "keyvault"))
+    assert [(e.operation, e.status) for e in log.entries(operation="sign")] == [("sign", None)]
+    log.finish(handle, status=200, principal="p", fault=False)
+    assert [(e.status, e.principal) for e in log.entries(principal="p")] == [(200, "p")]
