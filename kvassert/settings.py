@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import SplitResult, urlsplit
 
 from kvassert import _config_layers as layers
+from kvassert import clouds
 from kvassert._config_layers import Section, choice, shown
 from kvassert.errors import ConfigError
 
@@ -75,11 +75,16 @@ _ENTRY_KEYS = {
     "Skip",
     *(key for keys in _SOURCE_KEYS.values() for key in sum(keys, ())),
 }
-_KVASSERT_KEYS = {"SigningAlgorithm", "AssertionLifetimeSeconds", "TokenVersion"}
+_KVASSERT_KEYS = {
+    "SigningAlgorithm",
+    "AssertionLifetimeSeconds",
+    "TokenVersion",
+    clouds.ALLOWED_AUTHORITY_HOSTS,
+    clouds.ALLOWED_VAULT_HOSTS,
+}
 _MULTI_TENANT_ALIASES = {"common", "organizations", "consumers"}
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,255}")
-_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.?")
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _VAULT_OBJECT_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")  # Key Vault's rule for object names
 
@@ -154,6 +159,8 @@ class AzureAdSettings:
     signing_algorithm: str = "PS256"
     assertion_lifetime_seconds: int = 600
     token_version: str = "v2"
+    allowed_authority_hosts: tuple[str, ...] = ()
+    allowed_vault_hosts: tuple[str, ...] = ()
     source_files: tuple[str, ...] = ()
     section: str = "AzureAd"
     unknown_keys: tuple[str, ...] = ()
@@ -164,6 +171,12 @@ class AzureAdSettings:
     @property
     def authority(self) -> str:
         return f"{self.instance}{self.tenant_id}"
+
+    @property
+    def cloud(self) -> str:
+        """``AzurePublicCloud``, ``AzureUSGovernment``, ``AzureChinaCloud``, ``Loopback`` (an
+        emulator) or ``Custom`` (a host from ``Kvassert:AllowedAuthorityHosts``)."""
+        return clouds.cloud_of(self.instance)
 
     def token_endpoint(self, version: str | None = None) -> str:
         """The v2 or v1 token URL, which is also the assertion's ``aud``; raises ConfigError."""
@@ -233,7 +246,32 @@ def _from_layers(
         layers.ConfigNode("Kvassert"), root.at("Kvassert")
     )
     unknown += options.unknown(_KVASSERT_KEYS)
+    # Authority pinning (kvassert.clouds): checked here, so a host that must not receive a
+    # credential fails the load, before any certificate is read or anything is signed.
+    allowed_authorities = clouds.allowed_hosts(options, clouds.ALLOWED_AUTHORITY_HOSTS)
+    allowed_vaults = clouds.allowed_hosts(options, clouds.ALLOWED_VAULT_HOSTS)
+    instance_key = next((key for key in ("Instance", "Authority") if root.text(key)), None)
+    instance_path = root.at(instance_key or "Instance")
+    clouds.check_authority(
+        instance,
+        instance_path,
+        written=root.text(instance_key or "Instance") or instance,
+        options_path=options.path,
+        allowed_hosts=allowed_authorities,
+    )
+    if instance_key is None:
+        instance_path = f"the default {instance_path}"
     credentials = _credentials(root, env, unknown)
+    for credential in credentials:
+        if credential.key_vault_url is not None and not credential.skip:
+            clouds.check_vault(
+                credential.key_vault_url,
+                f"{credential.path}:KeyVaultUrl",
+                instance=instance,
+                instance_path=instance_path,
+                options_path=options.path,
+                allowed_hosts=allowed_vaults,
+            )
     client_secret = root.text("ClientSecret")
     if client_secret is not None:
         credentials.append(
@@ -260,6 +298,8 @@ def _from_layers(
             "AssertionLifetimeSeconds", default=600, low=low, high=high
         ),
         token_version=options.option("TokenVersion", TOKEN_VERSIONS, "v2"),
+        allowed_authority_hosts=allowed_authorities,
+        allowed_vault_hosts=allowed_vaults,
         source_files=source_files,
         section=section,
         unknown_keys=tuple(unknown),
@@ -338,9 +378,9 @@ def _url(text: str, path: str, expected: str) -> SplitResult:
     if parts.username is not None or parts.password is not None:
         raise ConfigError(path, "a URL with user information (not shown)", expected)
     scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or not (_HOST.fullmatch(host) or _ip(host)):
+    if scheme not in ("https", "http") or not clouds.is_host(host):
         raise ConfigError(path, shown(text), expected)
-    if scheme == "http" and not _is_loopback(host):
+    if scheme == "http" and not clouds.is_loopback_host(host):
         raise ConfigError(
             path,
             shown(text),
@@ -349,18 +389,6 @@ def _url(text: str, path: str, expected: str) -> SplitResult:
     if parts.query or parts.fragment:
         raise ConfigError(path, shown(text), f"{expected}, without ?query or #fragment")
     return parts
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _is_loopback(host: str) -> bool:
-    address = _ip(host)
-    return host == "localhost" or (address is not None and address.is_loopback)
 
 
 def _credentials(

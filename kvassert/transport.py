@@ -8,7 +8,6 @@ token request carries a credential, and a redirect could hand it to another host
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from collections.abc import Mapping
@@ -21,6 +20,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from kvassert import __version__
+
+# One loopback rule for the whole package: settings pins hosts with it, and the TLS and
+# challenge shortcuts below (and in vault_signer) apply only where it holds.
+from kvassert.clouds import is_loopback_host as is_loopback_host
 
 USER_AGENT = f"kvassert/{__version__} python-requests/{requests.__version__}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -38,19 +41,6 @@ class RetryPolicy:
     jitter: float = 0.25
     deadline: float = 30.0
     timeout: tuple[float, float] = (5.0, 10.0)
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """127.0.0.0/8, ::1 and ``localhost``: the only hosts emulator shortcuts are allowed for."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_loopback_url(url: str) -> bool:

@@ -22,6 +22,9 @@ CLIENT = "11111111-1111-1111-1111-111111111111"
 TENANT = "22222222-2222-2222-2222-222222222222"
 VAULT = "https://contoso-kv.vault.azure.net"
 KEYVAULT_ENTRY = {"SourceType": "KeyVault", "KeyVaultUrl": VAULT, "KeyVaultCertificateName": "app"}
+# For tests about the authority alone: a vault would have to match the authority's cloud.
+PATH_ENTRY = {"SourceType": "Path", "CertificateDiskPath": "/c.pfx"}
+EMULATOR = "http://127.0.0.1:9000/"
 
 
 def azuread(**keys: Any) -> dict[str, Any]:
@@ -359,7 +362,7 @@ def test_tenant_must_be_a_guid_or_domain(tenant: str) -> None:
     ],
 )
 def test_authority_gives_instance_and_tenant(authority: str, instance: str) -> None:
-    settings = from_mapping(azuread(TenantId=None, Authority=authority))
+    settings = from_mapping(with_entry(PATH_ENTRY, TenantId=None, Authority=authority))
     assert (settings.instance, settings.tenant_id) == (instance, "contoso.com")
     assert settings.authority == f"{instance}contoso.com"
 
@@ -394,7 +397,7 @@ def test_authority_without_tenant() -> None:
 
 
 def test_instance_gets_a_trailing_slash_and_token_endpoints_follow() -> None:
-    settings = from_mapping(azuread(Instance="https://login.microsoftonline.us"))
+    settings = from_mapping(with_entry(PATH_ENTRY, Instance="https://login.microsoftonline.us"))
     assert settings.instance == "https://login.microsoftonline.us/"
     v2 = f"https://login.microsoftonline.us/{TENANT}/oauth2/v2.0/token"
     assert settings.token_endpoint() == v2
@@ -422,7 +425,10 @@ def test_instance_gets_a_trailing_slash_and_token_endpoints_follow() -> None:
 )
 def test_vault_url_accepted(url: str, normalised: str) -> None:
     entry = {**KEYVAULT_ENTRY, "KeyVaultUrl": url}
-    assert from_mapping(with_entry(entry)).credentials[0].key_vault_url == normalised
+    # A loopback vault (the emulator) pairs with a loopback authority: see authority pinning.
+    instance = None if "vault.azure.net" in normalised else EMULATOR
+    settings = from_mapping(with_entry(entry, Instance=instance))
+    assert settings.credentials[0].key_vault_url == normalised
 
 
 @pytest.mark.parametrize(
@@ -463,7 +469,8 @@ def test_url_with_user_info_is_rejected_without_echoing_it() -> None:
 )
 def test_instance_follows_the_same_https_rule(instance: str, ok: bool) -> None:
     if ok:
-        assert from_mapping(azuread(Instance=instance)).instance == instance.rstrip("/") + "/"
+        settings = from_mapping(with_entry(PATH_ENTRY, Instance=instance))
+        assert settings.instance == instance.rstrip("/") + "/"
     else:
         assert error_of(azuread(Instance=instance)).path == "AzureAd:Instance"
 
