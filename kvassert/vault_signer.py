@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from kvassert.errors import KeyVaultError, SigningError
 from kvassert.signing import SUPPORTED_ALGORITHMS, CertificateChain, verify_signature
 from kvassert.transport import RetryPolicy, ca_bundle_for, is_loopback_url
@@ -378,7 +380,7 @@ def _describe(
         chain = CertificateChain(der=(bytes(cer),))
         _ = chain.leaf  # parse now: a garbage cer must fail here, not at the first sign
         version = version or urlsplit(key_id).path.rsplit("/", 1)[-1]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # a bad version field is not a ValueError
         raise KeyVaultError(
             f"Key Vault returned certificate {name!r} in a form that cannot be parsed (the cer "
             "is not a DER X.509 certificate, or the kid is not a URL)",

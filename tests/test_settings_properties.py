@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvassert.errors import ConfigError
 from kvassert.settings import AzureAdSettings, load_settings, settings_from_mapping
+from tests.fuzzing import fuzz_settings
 
 CANARY = "CANARYc4n4ry"  # valid base64, so it passes as a Base64EncodedValue too
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# KVASSERT_FUZZ_EXAMPLES sets the count (tests/fuzzing.py); the two laws below need fewer.
+FAST = fuzz_settings()
+LAWS = fuzz_settings(0.1)
 
 VALID: dict[str, Any] = {
     "Logging": {"LogLevel": {"Default": "Information"}},
@@ -207,14 +210,14 @@ def recased(value: Any, flips: st.DataObject) -> Any:
     return value
 
 
-@settings(max_examples=50, deadline=None)
+@LAWS
 @given(data=st.data())
 def test_key_case_never_matters(data: st.DataObject) -> None:
     expected = settings_from_mapping(VALID, env={})
     assert settings_from_mapping(recased(VALID, data), env={}) == expected
 
 
-@settings(max_examples=50, deadline=None)
+@LAWS
 @given(data=st.data())
 def test_moving_values_into_env_vars_changes_nothing(data: st.DataObject) -> None:
     document = copy.deepcopy(VALID)
