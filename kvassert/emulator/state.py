@@ -217,7 +217,7 @@ class EmulatorState:
         """Write ``state.json`` into ``directory`` atomically; returns its path."""
         target_dir = Path(directory)
         target_dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        data = json.dumps(self.to_dict(), indent=1)
         target = target_dir / STATE_FILE
         with self._save_lock:
             fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=target_dir)
@@ -281,12 +281,15 @@ class EmulatorState:
             self.save(self.state_dir)
 
     def flush(self) -> None:
-        """Save now if anything changed since the last save (call at shutdown)."""
+        """Save now (with autosave on); call at shutdown. Saves even without a recorded
+        change, since code may have changed the state directly."""
         with self._save_lock:
             timer, self._timer = self._timer, None
+            self._dirty = False
         if timer is not None:
             timer.cancel()
-        self._autosave()
+        if self.state_dir is not None:
+            self.save(self.state_dir)
 
 
 # Directory fields a reset keeps: the startup line published them, and tokens already issued

@@ -9,6 +9,8 @@ import json
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,3 +182,23 @@ def test_cli_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
         assert cli.run(_args(port=taken.getsockname()[1])) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "cannot start" in captured.err
+
+
+def test_the_pytest_plugin_gives_users_a_running_emulator(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(
+        "import requests\n"
+        "def test_vault(kvassert_emulator_clean):\n"
+        "    info = kvassert_emulator_clean.info\n"
+        "    answer = requests.get(info.vault_url + '/keys', verify=info.ca_file, timeout=10)\n"
+        "    assert answer.status_code == 401\n"
+        "def test_identity(kvassert_identity_env):\n"
+        "    import os\n"
+        "    assert os.environ['IDENTITY_HEADER'] == kvassert_identity_env.info.identity_header\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "kvassert.emulator.pytest_plugin",
+         "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

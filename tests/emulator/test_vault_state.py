@@ -499,6 +499,9 @@ def test_autosave_after_changes_and_flush(tmp_path: Path) -> None:
     state.changed()
     state.flush()
     assert EmulatorState.load(tmp_path).vault.keys.names() == ["k"]
+    state.vault.keys.import_key("direct", rsa_key(2048, 2))  # no changed(): flush saves anyway
+    state.flush()
+    assert EmulatorState.load(tmp_path).vault.keys.names() == ["k", "direct"]
 
 
 def test_the_log_records_a_request_when_it_arrives() -> None:
