@@ -367,7 +367,11 @@ class AzureAdCredential:
         fields = source.form_fields(endpoint, now + self.clock_offset)
         form = build_form(self.settings.client_id, target, fields, claims=claims)
         context = request_context(self.settings, target, source.hint_context())
-        return self._client.request(endpoint, form, verify=ca_bundle_for(endpoint), context=context)
+        token = self._client.request(
+            endpoint, form, verify=ca_bundle_for(endpoint), context=context
+        )
+        source.accepted()
+        return token
 
 
 def from_appsettings(

@@ -59,6 +59,9 @@ class CredentialSource(ABC):
         """Re-read the credential after Entra rejected it; True when something changed."""
         return False
 
+    def accepted(self) -> None:  # noqa: B027 - only sources with versions care
+        """Entra accepted this credential: remember what was used as known good."""
+
     def hint_context(self) -> dict[str, str]:
         return {}
 
@@ -175,6 +178,10 @@ class KeyVaultSource(CertificateSource):
         self._loaded_at = 0.0
         self._reloading = threading.Lock()
         self._warned_versions: set[str] = set()
+        # The certificate version Entra last accepted: when a newer version is rejected (made
+        # current in the vault before its public key was registered on the app), kvassert falls
+        # back to it instead of failing until the registration catches up.
+        self._known_good: VaultCertificate | None = None
 
     def make_signer(self) -> Signer:
         from kvassert.vault_signer import KeyVaultSigner
@@ -231,9 +238,27 @@ class KeyVaultSource(CertificateSource):
                     after,
                     before,
                 )
-            return after != before
+                return True
+            good = self._known_good
+            if blocking and good is not None and good.version != after:
+                # Asked after a rejection, and the vault's current version is not the one Entra
+                # last accepted: it is probably not registered on the app yet.
+                _LOG.warning(
+                    "%s: certificate version %s was rejected; falling back to version %s, which "
+                    "Entra accepted (register the new version's public key on the app)",
+                    self.label,
+                    after,
+                    good.version,
+                )
+                signer.use(good)
+                return True
+            return False
         finally:
             self._reloading.release()
+
+    def accepted(self) -> None:
+        if self._signer is not None:
+            self._known_good = self.vault_signer.certificate
 
     def _loaded(self, signer: KeyVaultSigner) -> None:
         import time

@@ -216,10 +216,19 @@ class KeyVaultSigner:
         """Read (or re-read) the certificate and bind the signer to its key version."""
         with self._lock:
             certificate = self._read_certificate()
-            if self._certificate is None or certificate.key_id != self._certificate.key_id:
-                self._crypto = self._crypto_client(certificate)
-            self._certificate = certificate
+            self._bind(certificate)
             return certificate
+
+    def use(self, certificate: VaultCertificate) -> None:
+        """Sign with ``certificate`` (a version read earlier), e.g. to fall back to the version
+        Entra last accepted."""
+        with self._lock:
+            self._bind(certificate)
+
+    def _bind(self, certificate: VaultCertificate) -> None:
+        if self._certificate is None or certificate.key_id != self._certificate.key_id:
+            self._crypto = self._crypto_client(certificate)
+        self._certificate = certificate
 
     def sign(self, signing_input: bytes) -> bytes:
         from azure.core.exceptions import AzureError, HttpResponseError

@@ -6,6 +6,7 @@ Counts come from the emulator's request log: what Key Vault and Entra actually s
 from __future__ import annotations
 
 import threading
+import time
 
 import jwt
 import pytest
@@ -213,3 +214,25 @@ def test_clock_skew_against_the_emulator(world: World, offset: int) -> None:
             assert credential.token_requests == first + 1  # the learned offset is reused
     finally:
         world.admin.set_clock(0)
+
+
+def test_an_unregistered_new_version_falls_back_to_the_accepted_one(world: World) -> None:
+    """Key Vault makes a renewed version current at once; until its public key is registered,
+    kvassert keeps signing with the version Entra last accepted."""
+    first = world.create_certificate("app-cert")
+    client_id = world.register_app(certificates=[bytes(first.cer)])
+    config = world.appsettings(client_id, [world.vault_entry("app-cert")])
+    with kvassert.from_appsettings(config, certificate_refresh_interval=1) as credential:
+        credential.get_token(f"{API}/.default")
+        world.create_certificate("app-cert")  # renewed in the vault, not registered on the app
+        time.sleep(1.1)  # let the scheduled re-read fall due
+        before = credential.token_requests
+        token = credential.get_token(f"{OTHER_API}/.default")
+        assert token.token
+        # the scheduled re-read switched to the new version, Entra refused it, kvassert fell
+        # back to the accepted version and retried once
+        assert credential.token_requests == before + 2
+        signed = [
+            e["path"].split("/")[3] for e in world.admin.log(operation="sign") if e["status"] == 200
+        ]
+        assert signed[0] == signed[-1] != signed[-2]
