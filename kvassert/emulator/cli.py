@@ -27,8 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 0 after a clean shutdown, 2 if it cannot start."""
-    from kvassert.emulator.server import Emulator  # heavy: only when the command runs
-
+    try:  # heavy (TLS, server): imported only when the command runs
+        from kvassert.emulator.server import Emulator
+    except ImportError as exc:  # werkzeug or cheroot missing
+        print(
+            f"kvassert emulator: {exc}; install the extra: pip install 'kvassert[emulator]'",
+            file=sys.stderr,
+        )
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

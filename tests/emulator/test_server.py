@@ -202,3 +202,11 @@ def test_the_pytest_plugin_gives_users_a_running_emulator(tmp_path: Path) -> Non
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_cli_without_the_server_dependencies_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "kvassert.emulator.server", None)  # import fails
+    assert cli.run(_args()) == 2
+    assert "pip install 'kvassert[emulator]'" in capsys.readouterr().err
