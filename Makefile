@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test lint bench fuzz clean venv
+# Debian packages the tests and benchmarks start as real processes (on 127.0.0.1 only).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint bench fuzz clean venv system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +27,18 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --no-deps 'pycep-parser==0.7.1'
 	touch $(CHECKOV_STAMP)
 
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (Debian package)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/kvassert demo
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) system-deps
 	KVASSERT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -37,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check kvassert tests samples
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) -m bench
 
 clean:
