@@ -1,0 +1,5 @@
+#!/bin/sh
+# App Service startup command (Configuration > General settings > Startup Command): either
+# the gunicorn line below as it stands, or "startup.sh" to run this file. Two workers, each
+# with its own kvassert credential and token cache; no --preload (see app.py).
+exec gunicorn --bind=0.0.0.0:8000 --workers 2 app:app
