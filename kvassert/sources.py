@@ -226,33 +226,17 @@ class KeyVaultSource(CertificateSource):
             signer = self.vault_signer
             before = signer.certificate.version
             try:
-                after = signer.load().version
+                after = signer.load()
             except KeyVaultError as exc:
                 _LOG.warning("re-reading %s failed: %s", self.label, exc)
                 return False
             self._loaded(signer)
-            if after != before:
-                _LOG.warning(
-                    "%s: now signing with certificate version %s (was %s)",
-                    self.label,
-                    after,
-                    before,
-                )
-                return True
-            good = self._known_good
-            if blocking and good is not None and good.version != after:
-                # Asked after a rejection, and the vault's current version is not the one Entra
-                # last accepted: it is probably not registered on the app yet.
-                _LOG.warning(
-                    "%s: certificate version %s was rejected; falling back to version %s, which "
-                    "Entra accepted (register the new version's public key on the app)",
-                    self.label,
-                    after,
-                    good.version,
-                )
-                signer.use(good)
-                return True
-            return False
+            changed, fallback = after_reread(
+                self.label, before, after, self._known_good, rejected=blocking
+            )
+            if fallback is not None:
+                signer.use(fallback)
+            return changed
         finally:
             self._reloading.release()
 
@@ -271,6 +255,36 @@ class KeyVaultSource(CertificateSource):
     def close(self) -> None:
         if self._signer is not None:
             self.vault_signer.close()
+
+
+def after_reread(
+    label: str,
+    before: str,
+    after: VaultCertificate,
+    known_good: VaultCertificate | None,
+    *,
+    rejected: bool,
+) -> tuple[bool, VaultCertificate | None]:
+    """What a re-read of the vault certificate means (sync and async sources share it): whether
+    what signs has changed, and the version to fall back to, if any. ``rejected`` is true when
+    the re-read follows a rejection by Entra."""
+    if after.version != before:
+        _LOG.warning(
+            "%s: now signing with certificate version %s (was %s)", label, after.version, before
+        )
+        return True, None
+    if rejected and known_good is not None and known_good.version != after.version:
+        # The vault's current version is not the one Entra last accepted: it is probably not
+        # registered on the app yet.
+        _LOG.warning(
+            "%s: certificate version %s was rejected; falling back to version %s, which "
+            "Entra accepted (register the new version's public key on the app)",
+            label,
+            after.version,
+            known_good.version,
+        )
+        return True, known_good
+    return False, None
 
 
 def warn_if_expiring(
