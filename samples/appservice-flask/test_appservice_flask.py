@@ -21,14 +21,14 @@ def test_startup_command_is_the_documented_one() -> None:
 
 
 @pytest.fixture
-def start_app(
-    cloud: Cloud, protected_api: ServerProcess
-) -> Iterator[Callable[[str], ServerProcess]]:
+def start_app(cloud: Cloud, protected_api: ServerProcess) -> Iterator[Callable[..., ServerProcess]]:
     """Start the app as the client ``client_id``; stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(client_id: str) -> ServerProcess:
+    def start(client_id: str, *, unset: tuple[str, ...] = ()) -> ServerProcess:
         env = cloud.environment(client_id, protected_api.url)
+        for name in unset:
+            del env[name]
         server = ServerProcess(gunicorn(startup_command("appservice-flask")), cwd=HERE, env=env)
         started.append(server)
         return server.start()
@@ -39,7 +39,7 @@ def start_app(
 
 
 def test_index_returns_the_api_data_fetched_with_a_vault_signed_token(
-    cloud: Cloud, start_app: Callable[[str], ServerProcess]
+    cloud: Cloud, start_app: Callable[..., ServerProcess]
 ) -> None:
     cloud.admin.clear_log()
     app = start_app(cloud.app_client_id)
@@ -63,7 +63,7 @@ def test_index_returns_the_api_data_fetched_with_a_vault_signed_token(
 
 
 def test_health_answers_without_a_token(
-    cloud: Cloud, start_app: Callable[[str], ServerProcess]
+    cloud: Cloud, start_app: Callable[..., ServerProcess]
 ) -> None:
     app = start_app(cloud.app_client_id)
     cloud.admin.clear_log()
@@ -74,7 +74,7 @@ def test_health_answers_without_a_token(
 
 
 def test_api_refusal_is_a_502_that_says_why(
-    cloud: Cloud, start_app: Callable[[str], ServerProcess]
+    cloud: Cloud, start_app: Callable[..., ServerProcess]
 ) -> None:
     client_id, _ = cloud.register_vault_client()  # the certificate, but no Data.Read
     app = start_app(client_id)
@@ -87,7 +87,7 @@ def test_api_refusal_is_a_502_that_says_why(
 
 
 def test_token_failure_is_a_502_with_the_aadsts_code(
-    cloud: Cloud, start_app: Callable[[str], ServerProcess]
+    cloud: Cloud, start_app: Callable[..., ServerProcess]
 ) -> None:
     client_id, _ = cloud.register_client(roles=[cloud.role])  # the certificate not registered
     app = start_app(client_id)
@@ -97,3 +97,18 @@ def test_token_failure_is_a_502_with_the_aadsts_code(
     assert error.startswith(f"no token for {cloud.api_uri}/.default: ")
     assert "AADSTS700027" in error
     assert "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("unset", "message"),
+    [
+        ("AzureAd__TenantId", "AzureAd:TenantId: found 'Enter_the_Tenant_Id_Here'; expected"),
+        ("DOWNSTREAM_API_URL", "set DOWNSTREAM_API_URL (the protected API's base URL)"),
+    ],
+)
+def test_missing_app_setting_stops_the_workers_with_its_name(
+    cloud: Cloud, start_app: Callable[..., ServerProcess], unset: str, message: str
+) -> None:
+    with pytest.raises(RuntimeError, match="exited with") as failure:
+        start_app(cloud.app_client_id, unset=(unset,))
+    assert message in str(failure.value)

@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from _testing import Cloud, ServerProcess, json_of
+from _testing import Cloud, ServerProcess, closed_port, json_of
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 
@@ -238,3 +238,33 @@ def test_metadata_and_keys_are_fetched_once_per_worker(
     # the v2 and v1 OpenID documents once, the key set once: unknown kids do not refetch it
     assert operations.get("openid_configuration") == 2
     assert operations.get("jwks") == 1
+
+
+def test_unreachable_identity_provider_is_503(
+    start_protected_api: Callable[..., ServerProcess], good_token: str
+) -> None:
+    with closed_port() as sock:
+        api = start_protected_api(
+            workers=1, API_INSTANCE=f"https://127.0.0.1:{sock.getsockname()[1]}/"
+        )
+        answer = get_data(api, good_token)
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "10"
+    assert json_of(answer)["error"] == "temporarily_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("API_TENANT_ID", "contoso.com", "API_TENANT_ID: found 'contoso.com'; expected"),
+        ("API_AUDIENCE", "", "API_AUDIENCE: found nothing"),
+        ("API_REQUIRED_ROLE", " ", "API_REQUIRED_ROLE: found nothing"),
+        ("API_CLOCK_SKEW_SECONDS", "600", "API_CLOCK_SKEW_SECONDS: found '600'"),
+    ],
+)
+def test_bad_setting_stops_the_api_with_its_name(
+    start_protected_api: Callable[..., ServerProcess], setting: str, value: str, message: str
+) -> None:
+    with pytest.raises(RuntimeError, match="exited with") as failure:
+        start_protected_api(workers=1, **{setting: value})
+    assert message in str(failure.value)
