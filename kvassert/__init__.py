@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "AccessToken": "kvassert.token_client",
     "RetryPolicy": "kvassert.transport",
     "AzureAdCredential": "kvassert.credential",
+    "RedisTokenStore": "kvassert.shared_cache",
     "from_appsettings": "kvassert.credential",
 }
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         load_settings,
         settings_from_mapping,
     )
+    from kvassert.shared_cache import RedisTokenStore
     from kvassert.signing import CertificateChain, LocalCertificateSigner, Signer
     from kvassert.token_client import AccessToken
     from kvassert.transport import RetryPolicy
@@ -65,6 +67,7 @@ __all__ = [
     "KeyVaultSigner",
     "KvassertError",
     "LocalCertificateSigner",
+    "RedisTokenStore",
     "RetryPolicy",
     "Signer",
     "SigningError",

@@ -73,6 +73,10 @@ class TokenCache:
             return entry
         return self._refresh(key, acquire)
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
     def peek(self, key: Hashable) -> AccessToken | None:
         """The entry for ``key`` if one is cached, valid or not (for inspection, not serving)."""
         return self._entries.get(key)
@@ -105,11 +109,8 @@ class TokenCache:
         if not leader:
             return flight.result()
         try:
-            token = acquire()
+            return self._lead(key, flight, acquire)
         except Exception as exc:
-            with self._mutex:
-                del self._flights[key]
-            flight.set_exception(exc)
             current = self._entries.get(key)
             if current is not None and refresh_rule(current, self._clock()) is not Refresh.REQUIRED:
                 delay = self._note_failure(key)
@@ -121,6 +122,32 @@ class TokenCache:
                     delay,
                 )
                 return current
+            raise
+
+    def renew(self, key: Hashable, acquire: Callable[[], AccessToken]) -> AccessToken:
+        """Acquire a new token for ``key`` now, whatever the refresh rule says (background
+        refresh), joining an acquisition already in flight. Raises what ``acquire`` raises; the
+        current entry then stays as it was."""
+        with self._mutex:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = Future()
+                self._flights[key] = flight
+        if not leader:
+            return flight.result()
+        return self._lead(key, flight, acquire)
+
+    def _lead(
+        self, key: Hashable, flight: Future[AccessToken], acquire: Callable[[], AccessToken]
+    ) -> AccessToken:
+        """Run the acquisition every waiter of ``flight`` shares, and store its token."""
+        try:
+            token = acquire()
+        except Exception as exc:
+            with self._mutex:
+                del self._flights[key]
+            flight.set_exception(exc)
             raise
         self._entries[key] = token
         with self._mutex:

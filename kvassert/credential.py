@@ -24,6 +24,7 @@ from kvassert.errors import (
     SigningError,
     TokenRequestError,
 )
+from kvassert.refresher import BackgroundRefresher, refresh_due
 from kvassert.sources import (
     CertificateSource,
     CredentialSource,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import AccessTokenInfo, TokenRequestOptions
 
     from kvassert.settings import AzureAdSettings
+    from kvassert.shared_cache import RedisTokenStore
 
 _LOG = logging.getLogger("kvassert")
 SKEW_CODE = 700024
@@ -175,6 +177,23 @@ def request_context(
     }
 
 
+class _Hot:
+    """A served token with its azure-core forms built once, so a cache hit allocates nothing."""
+
+    __slots__ = ("azure", "info", "token", "used")
+
+    def __init__(self, token: AccessToken, *, used: bool) -> None:
+        from azure.core.credentials import AccessToken as AzureAccessToken
+        from azure.core.credentials import AccessTokenInfo
+
+        self.token = token
+        self.azure = AzureAccessToken(token.token, token.expires_on)
+        self.info = AccessTokenInfo(
+            token.token, token.expires_on, token_type=token.token_type, refresh_on=token.refresh_on
+        )
+        self.used = used
+
+
 class AzureAdCredential:
     """Tokens for the app configured in ``settings`` (see ``from_appsettings``).
 
@@ -194,6 +213,8 @@ class AzureAdCredential:
         additionally_allowed_tenants: Iterable[str] = (),
         certificate_refresh_interval: float = 3600.0,
         expiry_warning_days: int = 30,
+        background_refresh: bool = True,
+        shared_cache: RedisTokenStore | None = None,
     ) -> None:
         self.settings = settings
         self._sources = (
@@ -214,6 +235,17 @@ class AzureAdCredential:
             )
         self._client = token_client or TokenClient(policy=retry_policy)
         self._cache = cache or TokenCache()
+        self._clock = self._cache.clock
+        self._shared = shared_cache
+        # The hot path: scopes -> the token and its prebuilt azure-core objects, for calls
+        # without claims or tenant (nearly all). Entries are replaced, never changed, except
+        # for the ``used`` mark that tells the background refresh the token is still wanted.
+        self._hot: dict[tuple[str, ...], _Hot] = {}
+        self._refresher = (
+            BackgroundRefresher(self._refresh_in_background, clock=self._clock)
+            if background_refresh
+            else None
+        )
         self._allowed_tenants = frozenset(additionally_allowed_tenants)
         self._targets: dict[tuple[Any, ...], tuple[Hashable, TokenTarget]] = {}
         self._targets_lock = threading.Lock()
@@ -241,27 +273,59 @@ class AzureAdCredential:
     ) -> AzureAccessToken:
         """An access token for ``scopes``; raises ``TokenRequestError``,
         ``AllCredentialsFailedError`` or another ``KvassertError`` subclass."""
-        from azure.core.credentials import AccessToken as AzureAccessToken
-
-        token = self.token(*scopes, claims=claims, tenant_id=tenant_id)
-        return AzureAccessToken(token.token, token.expires_on)
+        hot = self._hot.get(scopes)
+        if (
+            hot is not None
+            and claims is None
+            and tenant_id is None
+            and self._clock() < hot.token.refresh_on
+        ):
+            hot.used = True
+            return hot.azure
+        return self._slow(scopes, claims, tenant_id).azure
 
     def get_token_info(
         self, *scopes: str, options: TokenRequestOptions | None = None
     ) -> AccessTokenInfo:
         """Like ``get_token``, with ``refresh_on`` and ``token_type``."""
-        from azure.core.credentials import AccessTokenInfo
+        claims = options.get("claims") if options else None
+        tenant_id = options.get("tenant_id") if options else None
+        hot = self._hot.get(scopes)
+        if (
+            hot is not None
+            and claims is None
+            and tenant_id is None
+            and self._clock() < hot.token.refresh_on
+        ):
+            hot.used = True
+            return hot.info
+        return self._slow(scopes, claims, tenant_id).info
 
-        options = options or {}
-        token = self.token(
-            *scopes, claims=options.get("claims"), tenant_id=options.get("tenant_id")
-        )
-        return AccessTokenInfo(
-            token.token,
-            token.expires_on,
-            token_type=token.token_type,
-            refresh_on=token.refresh_on,
-        )
+    def _slow(self, scopes: tuple[str, ...], claims: str | None, tenant_id: str | None) -> _Hot:
+        token = self.token(*scopes, claims=claims, tenant_id=tenant_id)
+        current = self._hot.get(scopes)
+        if current is not None and current.token is token:
+            current.used = True
+            return current
+        entry = _Hot(token, used=True)
+        if tenant_id is None:
+            self._hot[scopes] = entry
+            if self._refresher is not None:
+                self._refresher.schedule(scopes, refresh_due(token.issued_at, token.refresh_on))
+        return entry
+
+    def _refresh_in_background(self, scopes: Hashable) -> None:
+        """Renew a token callers used since it was issued; let unused ones lapse."""
+        assert isinstance(scopes, tuple)
+        hot = self._hot.get(scopes)
+        if hot is None or not hot.used or self._closed:
+            return
+        key, target = self._targets[(scopes, None)]
+        current = hot.token
+        token = self._cache.renew(key, lambda: self._acquire_shared(key, target, current))
+        self._hot[scopes] = _Hot(token, used=False)
+        assert self._refresher is not None
+        self._refresher.schedule(scopes, refresh_due(token.issued_at, token.refresh_on))
 
     # kvassert API ---------------------------------------------------------------------------
 
@@ -279,7 +343,7 @@ class AzureAdCredential:
             fresh = self._acquire(target, claims)
             self._cache.put(key, fresh)
             return fresh
-        return self._cache.get(key, lambda: self._acquire(target, None))
+        return self._cache.get(key, lambda: self._acquire_shared(key, target, None))
 
     @property
     def client_assertion(self) -> Callable[[], str]:
@@ -317,6 +381,8 @@ class AzureAdCredential:
         if self._closed:
             return
         self._closed = True
+        if self._refresher is not None:
+            self._refresher.close()
         for source in self._sources:
             source.close()
         self._client.close()
@@ -336,6 +402,16 @@ class AzureAdCredential:
         with self._targets_lock:
             self._targets[(scopes, tenant_id)] = resolved
         return resolved
+
+    def _acquire_shared(
+        self, key: Hashable, target: TokenTarget, replacing: AccessToken | None
+    ) -> AccessToken:
+        """One acquisition for all processes sharing the Redis store, if one is configured."""
+        if self._shared is None:
+            return self._acquire(target, None)
+        return self._shared.fetch_or_acquire(
+            key, lambda: self._acquire(target, None), clock=self._clock, newer_than=replacing
+        )
 
     def _acquire(self, target: TokenTarget, claims: str | None) -> AccessToken:
         """Drive ``acquisition_flow``: do each step's I/O, hand back its result or error."""

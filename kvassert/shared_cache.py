@@ -125,8 +125,10 @@ class RedisTokenStore:
         acquire: Callable[[], AccessToken],
         *,
         clock: Callable[[], float] = time.time,
+        newer_than: AccessToken | None = None,
     ) -> AccessToken:
-        """The shared token when it is fresh, else one acquisition across all processes.
+        """The shared token when it is fresh (and, for a background refresh, newer than
+        ``newer_than``, the token being replaced), else one acquisition across all processes.
 
         Redis trouble never fails the caller and never causes a second acquisition: at worst
         this process acquires on its own.
@@ -134,7 +136,11 @@ class RedisTokenStore:
         import redis
 
         def fresh(token: AccessToken | None) -> bool:
-            return token is not None and refresh_rule(token, clock()) is Refresh.NOT_NEEDED
+            return (
+                token is not None
+                and refresh_rule(token, clock()) is Refresh.NOT_NEEDED
+                and (newer_than is None or token.expires_on > newer_than.expires_on)
+            )
 
         shared = self._get_quietly(key)
         if fresh(shared):
