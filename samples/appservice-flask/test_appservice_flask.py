@@ -105,6 +105,7 @@ def test_token_failure_is_a_502_with_the_aadsts_code(
         ("AzureAd__TenantId", "AzureAd:TenantId: found 'Enter_the_Tenant_Id_Here'; expected"),
         ("DOWNSTREAM_API_URL", "set DOWNSTREAM_API_URL (the protected API's base URL)"),
     ],
+    ids=["AzureAd__TenantId", "DOWNSTREAM_API_URL"],
 )
 def test_missing_app_setting_stops_the_workers_with_its_name(
     cloud: Cloud, start_app: Callable[..., ServerProcess], unset: str, message: str

@@ -121,6 +121,7 @@ RS256_NO_KID = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"  # {"alg":"RS256","typ":"J
         ("e30.e30.", "not signed with RS256"),  # {} as header
         (f"{RS256_NO_KID}.e30.c2ln", "names no signing key (kid)"),
     ],
+    ids=["one-part", "not-base64", "no-dots", "empty-header", "no-kid"],
 )
 def test_malformed_token_is_401(protected_api: ServerProcess, token: str, reason: str) -> None:
     assert_refused(get_data(protected_api, token), 401, "invalid_token", reason)
@@ -159,7 +160,11 @@ def test_token_with_another_role_is_403(cloud: Cloud, protected_api: ServerProce
     assert_refused(get_data(protected_api, token), 403, "insufficient_scope", "Data.Read")
 
 
-@pytest.mark.parametrize(("offset", "reason"), [(-7200, "has expired"), (3600, "not valid yet")])
+@pytest.mark.parametrize(
+    ("offset", "reason"),
+    [(-7200, "has expired"), (3600, "not valid yet")],
+    ids=["expired", "early"],
+)
 def test_expired_or_early_token_is_401(
     cloud: Cloud, protected_api: ServerProcess, client: tuple[str, str], offset: int, reason: str
 ) -> None:
@@ -261,6 +266,7 @@ def test_unreachable_identity_provider_is_503(
         ("API_REQUIRED_ROLE", " ", "API_REQUIRED_ROLE: found nothing"),
         ("API_CLOCK_SKEW_SECONDS", "600", "API_CLOCK_SKEW_SECONDS: found '600'"),
     ],
+    ids=["tenant", "audience", "role", "skew"],
 )
 def test_bad_setting_stops_the_api_with_its_name(
     start_protected_api: Callable[..., ServerProcess], setting: str, value: str, message: str
