@@ -37,10 +37,12 @@ _LAZY: dict[str, str] = {
     "AzureAdCredential": "kvassert.credential",
     "RedisTokenStore": "kvassert.shared_cache",
     "from_appsettings": "kvassert.credential",
+    "BearerAuth": "kvassert.auth",
 }
 
 if TYPE_CHECKING:
     from kvassert.assertion import build_assertion
+    from kvassert.auth import BearerAuth
     from kvassert.credential import AzureAdCredential, from_appsettings
     from kvassert.settings import (
         AzureAdSettings,
@@ -59,6 +61,7 @@ __all__ = [
     "AllCredentialsFailedError",
     "AzureAdCredential",
     "AzureAdSettings",
+    "BearerAuth",
     "CertificateChain",
     "ConfigError",
     "CredentialDescription",
