@@ -1,5 +1,5 @@
-"""Helpers for the samples' tests: free ports, real server processes, waiting for them, and
-``Cloud``, the emulator prepared by ``emulator_setup.py``.
+"""Helpers for the samples' tests: real server processes on free local ports, waiting for them,
+and ``Cloud``, the emulator prepared by ``emulator_setup.py``.
 
 Servers get a socket that this process has already bound to ``127.0.0.1:0`` (so the port is free
 and chosen by the OS, with no race between choosing and binding) and inherit it as
@@ -73,14 +73,6 @@ def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (for a client that must find nothing listening, keep
-    the socket from ``closed_port`` instead)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def listening_socket() -> socket.socket:
     """A TCP socket listening on ``127.0.0.1`` at a port the OS chose, inheritable by a child."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -96,19 +88,6 @@ def closed_port() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((HOST, 0))
     return sock
-
-
-def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
-    """Until something accepts TCP connections on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout} s") from None
-            time.sleep(0.05)
 
 
 class ServerProcess:
