@@ -58,8 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def fetch(config: str, url: str, scope: str) -> Any:
