@@ -157,7 +157,7 @@ def _error_parts(exc: Any) -> tuple[str, str, str]:
     inner = error.get("innererror")
     inner_code = inner.get("code", "") if isinstance(inner, dict) else ""
     # Key Vault's messages carry "\r\nCaller: ...\r\nAction: ..." details: keep them, on one line.
-    message = " ".join(str(error.get("message") or "").split())[:400]
+    message = " ".join(str(error.get("message") or "").split())[:300]
     return str(error.get("code") or ""), str(inner_code), message
 
 
