@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -42,8 +42,8 @@ def counting(
     return calls, acquire
 
 
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(main())
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(main())
 
 
 def test_hit_does_not_acquire_and_keys_are_separate() -> None:

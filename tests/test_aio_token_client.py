@@ -191,8 +191,8 @@ def test_tls_trust_uses_the_ca_bundle_only_for_loopback_hosts(tmp_path: Path) ->
     context = ssl_for("https://127.0.0.1:8443/t/oauth2/v2.0/token", env)
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    subjects = [dict(item[0] for item in c["subject"]) for c in context.get_ca_certs()]
-    assert subjects == [{"commonName": "kvassert-test-ca"}]
+    trusted = context.get_ca_certs()
+    assert len(trusted) == 1 and "kvassert-test-ca" in str(trusted[0]["subject"])
     assert ssl_for("https://login.microsoftonline.com/t/oauth2/v2.0/token", env) is True
     assert ssl_for("https://localhost:8443/token", {}) is True
 
