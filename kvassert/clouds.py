@@ -14,9 +14,10 @@ is read from a vault or signed:
 Decisions (docs/configuration.md has the user-facing version):
 
 * Mixing loopback with a real cloud needs the allow-list. A loopback vault beside a real
-  authority would receive the app's real managed-identity token, and the Key Vault SDK's
-  challenge-resource check is switched off for loopback vaults (``vault_signer.client_options``),
-  so a local listener could ask for a token to any resource. A real vault beside a loopback
+  authority would receive a real Azure token (``DefaultAzureCredential``: managed identity,
+  developer sign-in...), and the Key Vault SDK's challenge-resource check is switched off for
+  loopback vaults (``vault_signer.client_options``), so a local listener could ask for a token
+  to any resource. A real vault beside a loopback
   authority would sign assertions for a local endpoint: a leftover emulator setting in
   production, or production vault settings in a test. Both are almost always mistakes.
 * A custom authority (allowed by name) has no known vault suffix, so its vaults must be

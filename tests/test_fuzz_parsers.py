@@ -281,6 +281,22 @@ def test_key_vault_errors_are_always_a_key_vault_error(
     assert str(error) and error.status == (status or 0)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        # Found at 20000 examples after Key Vault messages were folded onto one line: the cut
+        # came before the folding, so a long message could come out at 301 characters.
+        "AADSTS" + "9" * 400 + ": x",
+        "a\r\nCaller: " + "b " * 400,
+    ],
+)
+def test_key_vault_error_message_regressions(message: str) -> None:
+    exc = SimpleNamespace(
+        status_code=403, response=FakeResponse(json.dumps({"error": {"message": message}}))
+    )
+    assert len(_error_parts(exc)[2]) <= 300
+
+
 # --- (4) certificate bundles -------------------------------------------------------------------
 
 DER = make_cert(cn="fuzz", days=30).der
