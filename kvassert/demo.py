@@ -73,7 +73,8 @@ def run_demo(keep: str | None = None) -> int:
             _section("1. Emulator")
             print(f"   Key Vault:          {info.vault_url}")
             print(f"   Entra ID authority: {info.authority}")
-            print(f"   managed identity:   {info.identity_endpoint} (principal {info.principal_id})")
+            print(f"   managed identity:   {info.identity_endpoint}")
+            print(f"   its principal id:   {info.principal_id}")
 
             _section("2. A non-exportable certificate in Key Vault (as an operator would)")
             operator = ManagedIdentityCredential()
@@ -143,9 +144,7 @@ def run_demo(keep: str | None = None) -> int:
                     credential.get_token(f"{API_URI}/.default")
                 print(f"   100 get_token calls -> {credential.token_requests} token request(s)")
                 log = admin.log()
-                operations = Counter(
-                    entry["operation"] for entry in log if entry["status"] < 400
-                )
+                operations = Counter(entry["operation"] for entry in log if entry["status"] < 400)
                 print("   Key Vault and Entra operations that succeeded:")
                 for operation, count in sorted(operations.items()):
                     print(f"     {operation:<24} x{count}")

@@ -173,6 +173,11 @@ def _load_pem(
 ) -> tuple[rsa.RSAPrivateKey, list[x509.Certificate]]:
     try:
         certificates = x509.load_pem_x509_certificates(data)
+    except x509.InvalidVersion:
+        # Not a ValueError in cryptography: a certificate with a bad version field.
+        raise CredentialUnavailableError(
+            "the PEM holds a certificate with an invalid X.509 version", source=source
+        ) from None
     except ValueError:
         certificates = []
     if not certificates:
@@ -206,12 +211,12 @@ def _load_pfx(
     secret = password.encode() if password else None
     try:
         key, leaf, extra = pkcs12.load_key_and_certificates(data, secret)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         if secret is None:
             # An empty password and no password are different PKCS#12 encodings; try both.
             try:
                 key, leaf, extra = pkcs12.load_key_and_certificates(data, b"")
-            except ValueError:
+            except (ValueError, x509.InvalidVersion):
                 key = None
         else:
             key = None

@@ -57,7 +57,9 @@ def client_options(vault_url: str, policy: RetryPolicy | None = None) -> dict[st
     resource check, which cannot pass for ``https://127.0.0.1:PORT``; real vaults keep both.
     ``policy`` maps kvassert's retry policy onto azure-core's, so a vault outage ends in an
     error within the same deadline as a token request instead of azure-core's 10 retries."""
-    options: dict[str, Any] = {}
+    # A redirect must never carry the vault token elsewhere: the SDK strips Authorization on a
+    # host change, and kvassert does not follow redirects at all.
+    options: dict[str, Any] = {"permit_redirects": False}
     if policy is not None:
         options.update(
             retry_total=policy.attempts - 1,

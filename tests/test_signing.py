@@ -118,3 +118,23 @@ def test_unsupported_algorithm_and_repr_hides_the_key() -> None:
     signer = LocalCertificateSigner.from_bytes(leaf.pem())
     assert "private" not in repr(signer).lower()
     assert signer.chain.x5t_s256 in repr(signer)
+
+
+def test_a_certificate_with_an_invalid_version_is_a_clear_error() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = make_cert()
+    # TBSCertificate version: [0] EXPLICIT INTEGER 2 (v3); 7 is no X.509 version.
+    der = leaf.der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x07", 1)
+    assert der != leaf.der
+    import base64
+
+    body = base64.encodebytes(der).decode()
+    pem = f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode()
+    key = leaf.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(CredentialUnavailableError, match=r"invalid X\.509 version"):
+        LocalCertificateSigner.from_bytes(pem + key)
