@@ -273,3 +273,21 @@ def test_clock_skew_is_learned_from_date_header_and_reused(
             assert script.hits == 3  # the offset is reused: no second rejection
 
     run(main())
+
+
+def test_public_names_resolve_and_importing_the_package_stays_light() -> None:
+    import subprocess
+    import sys
+
+    import kvassert.aio
+
+    for name in kvassert.aio.__all__:
+        assert getattr(kvassert.aio, name) is not None, name
+    code = (
+        "import sys, kvassert.aio; "
+        "print(','.join(m for m in ('aiohttp', 'azure', 'requests') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
