@@ -211,12 +211,27 @@ class AzureAdCredential:
         token_client: TokenClient | None = None,
         cache: TokenCache | None = None,
         additionally_allowed_tenants: Iterable[str] = (),
-        certificate_refresh_interval: float = 3600.0,
-        expiry_warning_days: int = 30,
-        background_refresh: bool = True,
+        certificate_refresh_interval: float | None = None,
+        expiry_warning_days: int | None = None,
+        background_refresh: bool | None = None,
         shared_cache: RedisTokenStore | None = None,
     ) -> None:
         self.settings = settings
+        # Keyword options win over the AzureAd:Kvassert settings, which give the defaults.
+        if certificate_refresh_interval is None:
+            certificate_refresh_interval = float(settings.certificate_refresh_interval_seconds)
+        if expiry_warning_days is None:
+            expiry_warning_days = settings.certificate_expiry_warning_days
+        if background_refresh is None:
+            background_refresh = settings.background_refresh
+        self._owns_shared_cache = shared_cache is None and bool(settings.shared_cache_redis_url)
+        if self._owns_shared_cache:
+            from kvassert.shared_cache import RedisTokenStore
+
+            shared_cache = RedisTokenStore(
+                settings.shared_cache_redis_url or "",
+                encryption_key=settings.shared_cache_encryption_key or "",
+            )
         self._sources = (
             list(sources)
             if sources is not None
@@ -383,6 +398,8 @@ class AzureAdCredential:
         self._closed = True
         if self._refresher is not None:
             self._refresher.close()
+        if self._owns_shared_cache and self._shared is not None:
+            self._shared.close()
         for source in self._sources:
             source.close()
         self._client.close()

@@ -79,6 +79,10 @@ _KVASSERT_KEYS = {
     "SigningAlgorithm",
     "AssertionLifetimeSeconds",
     "TokenVersion",
+    "BackgroundRefresh",
+    "CertificateRefreshIntervalSeconds",
+    "CertificateExpiryWarningDays",
+    "SharedCache",
     clouds.ALLOWED_AUTHORITY_HOSTS,
     clouds.ALLOWED_VAULT_HOSTS,
 }
@@ -161,6 +165,11 @@ class AzureAdSettings:
     token_version: str = "v2"
     allowed_authority_hosts: tuple[str, ...] = ()
     allowed_vault_hosts: tuple[str, ...] = ()
+    background_refresh: bool = True
+    certificate_refresh_interval_seconds: int = 3600
+    certificate_expiry_warning_days: int = 30
+    shared_cache_redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    shared_cache_encryption_key: str | None = field(default=None, repr=False)
     source_files: tuple[str, ...] = ()
     section: str = "AzureAd"
     unknown_keys: tuple[str, ...] = ()
@@ -286,6 +295,7 @@ def _from_layers(
             "at least one entry that is not skipped (or a ClientSecret)",
         )
     low, high = LIFETIME_RANGE
+    redis_url, encryption_key = _shared_cache(options)
     return AzureAdSettings(
         client_id=client_id,
         tenant_id=tenant_id,
@@ -300,10 +310,45 @@ def _from_layers(
         token_version=options.option("TokenVersion", TOKEN_VERSIONS, "v2"),
         allowed_authority_hosts=allowed_authorities,
         allowed_vault_hosts=allowed_vaults,
+        background_refresh=options.flag("BackgroundRefresh", default=True),
+        certificate_refresh_interval_seconds=options.integer(
+            "CertificateRefreshIntervalSeconds", default=3600, low=60, high=86400
+        ),
+        certificate_expiry_warning_days=options.integer(
+            "CertificateExpiryWarningDays", default=30, low=0, high=365
+        ),
+        shared_cache_redis_url=redis_url,
+        shared_cache_encryption_key=encryption_key,
         source_files=source_files,
         section=section,
         unknown_keys=tuple(unknown),
     )
+
+
+def _shared_cache(options: Section) -> tuple[str | None, str | None]:
+    """``Kvassert:SharedCache``: a Redis URL and the key that encrypts shared entries."""
+    cache = options.section("SharedCache", "an object with RedisUrl and EncryptionKey")
+    if cache is None:
+        return None, None
+    url, key = cache.text("RedisUrl"), cache.text("EncryptionKey")
+    if url is None:
+        raise ConfigError(
+            cache.at("RedisUrl"), "nothing", "a Redis URL such as rediss://host:6380/0"
+        )
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            cache.at("RedisUrl"), "a URL without a redis scheme", "redis://, rediss:// or unix://"
+        )
+    if key is None:
+        raise ConfigError(
+            cache.at("EncryptionKey"),
+            "nothing",
+            "base64 of 32 random bytes (openssl rand -base64 32): shared tokens are encrypted",
+        )
+    from kvassert.shared_cache import encryption_key_from
+
+    encryption_key_from(key, path=cache.at("EncryptionKey"))
+    return url, key
 
 
 def _instance_and_tenant(root: Section) -> tuple[str, str]:

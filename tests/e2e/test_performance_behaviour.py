@@ -162,3 +162,28 @@ def test_eight_cold_processes_share_one_sign_and_one_token_request(
     counts = world.operations()
     assert counts["sign"] == 1
     assert counts["token"] == 1
+
+
+def test_shared_cache_from_configuration_alone(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App Service style: the shared cache is switched on by app settings, no code."""
+    world.create_certificate("app-cert")
+    client_id = world.register_app(vault_certificates=("app-cert",))
+    config = world.appsettings(client_id, [world.vault_entry("app-cert")])
+    with redis_server(tmp_path) as url:
+        monkeypatch.setenv("AzureAd__Kvassert__SharedCache__RedisUrl", url)
+        monkeypatch.setenv(
+            "AzureAd__Kvassert__SharedCache__EncryptionKey",
+            base64.b64encode(os.urandom(32)).decode(),
+        )
+        monkeypatch.setenv("AzureAd__Kvassert__BackgroundRefresh", "false")
+        world.admin.clear_log()
+        with (
+            kvassert.from_appsettings(config) as first,
+            kvassert.from_appsettings(config) as second,
+        ):
+            assert first.get_token(SCOPE).token == second.get_token(SCOPE).token
+            assert first.token_requests + second.token_requests == 1
+            assert first._refresher is None  # BackgroundRefresh false came from the env
+    assert world.operations()["sign"] == 1
