@@ -29,6 +29,7 @@ from kvassert.transport import RetryPolicy, ca_bundle_for, is_loopback_url
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.keyvault.certificates import CertificateClient, KeyVaultCertificate
+    from azure.keyvault.keys import KeyVaultKey
     from azure.keyvault.keys.crypto import CryptographyClient
 
 _LOG = logging.getLogger("kvassert.keyvault")
@@ -83,7 +84,7 @@ def usable(version: Any, now: dt.datetime) -> bool:
     return not (version.expires_on is not None and version.expires_on <= now)
 
 
-def _not_yet_valid_here(version: Any, now: dt.datetime) -> bool:
+def not_yet_valid_here(version: Any, now: dt.datetime) -> bool:
     """Enabled and unexpired, but with a ``not_before`` still ahead of this machine's clock."""
     return (
         version.enabled is not False
@@ -163,6 +164,23 @@ def _error_parts(exc: Any) -> tuple[str, str, str]:
     return str(error.get("code") or ""), str(inner_code), message
 
 
+def key_for(certificate: VaultCertificate) -> KeyVaultKey:
+    """The certificate's public key as a ``KeyVaultKey``: handed to ``CryptographyClient`` it
+    stops the client from calling keys/get (an extra request, and a permission the
+    least-privilege role does not have) before the first sign."""
+    from azure.keyvault.keys import KeyVaultKey
+
+    numbers = certificate.chain.public_key.public_numbers()
+    jwk = {
+        "kid": certificate.key_id,
+        "kty": "RSA",
+        "key_ops": ["sign", "verify"],
+        "n": numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
+        "e": numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
+    }
+    return KeyVaultKey(key_id=certificate.key_id, jwk=jwk)
+
+
 class KeyVaultSigner:
     """A ``Signer`` whose private key stays in Key Vault.
 
@@ -192,6 +210,9 @@ class KeyVaultSigner:
         self._certificate: VaultCertificate | None = None
         self._certificates_client: CertificateClient | None = None
         self._crypto: CryptographyClient | None = None
+        # Clients of replaced key versions: a sign may still be using one, so they are closed
+        # with the signer rather than on rotation.
+        self._retired: list[CryptographyClient] = []
         self.signs = 0
         self.certificate_reads = 0
 
@@ -229,6 +250,8 @@ class KeyVaultSigner:
 
     def _bind(self, certificate: VaultCertificate) -> None:
         if self._certificate is None or certificate.key_id != self._certificate.key_id:
+            if self._crypto is not None:
+                self._retired.append(self._crypto)
             self._crypto = self._crypto_client(certificate)
         self._certificate = certificate
 
@@ -276,7 +299,7 @@ class KeyVaultSigner:
         return signature
 
     def close(self) -> None:
-        for client in (self._certificates_client, self._crypto):
+        for client in (self._certificates_client, self._crypto, *self._retired):
             if client is not None:
                 client.close()
 
@@ -308,7 +331,7 @@ class KeyVaultSigner:
                 if version is not None:
                     self.certificate_reads += 1
                     chosen = client.get_certificate_version(self.certificate_name, version.version)
-                elif latest.properties is not None and _not_yet_valid_here(latest.properties, now):
+                elif latest.properties is not None and not_yet_valid_here(latest.properties, now):
                     # Nothing else can sign, and the newest version only looks early because
                     # this machine's clock is behind the vault's: let the vault judge.
                     _LOG.warning(
@@ -344,24 +367,12 @@ class KeyVaultSigner:
                 "certificate",
                 operation="certificate_get",
             ) from None
-        return _describe(self.vault_url, self.certificate_name, chosen, policy)
+        return describe_certificate(self.vault_url, self.certificate_name, chosen, policy)
 
     def _crypto_client(self, certificate: VaultCertificate) -> CryptographyClient:
-        from azure.keyvault.keys import KeyVaultKey
         from azure.keyvault.keys.crypto import CryptographyClient
 
-        numbers = certificate.chain.public_key.public_numbers()
-        jwk = {
-            "kid": certificate.key_id,
-            "kty": "RSA",
-            "key_ops": ["sign", "verify"],
-            "n": numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
-            "e": numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
-        }
-        # Handing the client a KeyVaultKey stops it from calling keys/get (an extra request, and
-        # a permission the least-privilege role does not have) before the first sign.
-        key = KeyVaultKey(key_id=certificate.key_id, jwk=jwk)
-        return CryptographyClient(key, self._credential, **self._options)
+        return CryptographyClient(key_for(certificate), self._credential, **self._options)
 
     def _principal(self) -> str:
         """The object id in the vault token, for hints that name who needs a role."""
@@ -375,7 +386,7 @@ class KeyVaultSigner:
             return ""
 
 
-def _describe(
+def describe_certificate(
     vault_url: str, name: str, certificate: KeyVaultCertificate, policy: Any
 ) -> VaultCertificate:
     cer, key_id = certificate.cer, certificate.key_id

@@ -3,9 +3,9 @@ error, never another exception.
 
 Targets: the token response parser (``parse_token_response``) and the ``Date`` reader
 (``server_time``) of ``token_client``; Key Vault's error reader (``explain_http_error`` and
-``_error_parts``) and certificate reader (``_describe``) of ``vault_signer``. The example count
-comes from ``KVASSERT_FUZZ_EXAMPLES`` (``tests/fuzzing.py``). Every input that once broke a
-parser is kept below as an explicit regression test.
+``_error_parts``) and certificate reader (``describe_certificate``) of ``vault_signer``. The
+example count comes from ``KVASSERT_FUZZ_EXAMPLES`` (``tests/fuzzing.py``). Every input that once
+broke a parser is kept below as an explicit regression test.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from hypothesis import strategies as st
 
 from kvassert.errors import KeyVaultError, TokenRequestError
 from kvassert.token_client import AccessToken, parse_token_response, server_time
-from kvassert.vault_signer import VaultCertificate, _describe, _error_parts, explain_http_error
+from kvassert.vault_signer import (
+    VaultCertificate,
+    _error_parts,
+    describe_certificate,
+    explain_http_error,
+)
 from tests.certs import make_cert
 from tests.fuzzing import fuzz_settings
 
@@ -342,7 +347,9 @@ def test_certificate_bundles_parse_or_raise_key_vault_error(
 ) -> None:
     certificate: Any = SimpleNamespace(cer=cer, key_id=key_id, properties=props)
     try:
-        described = _describe("https://v.vault.azure.net", "app-cert", certificate, policy)
+        described = describe_certificate(
+            "https://v.vault.azure.net", "app-cert", certificate, policy
+        )
     except KeyVaultError as error:
         assert "app-cert" in str(error)
         return
@@ -375,4 +382,4 @@ VERSION_AT = DER.index(b"\xa0\x03\x02\x01\x02") + 4
 def test_certificate_bundle_regressions(cer: Any, key_id: Any) -> None:
     certificate: Any = SimpleNamespace(cer=cer, key_id=key_id, properties=None)
     with pytest.raises(KeyVaultError, match="app-cert"):
-        _describe("https://v.vault.azure.net", "app-cert", certificate, None)
+        describe_certificate("https://v.vault.azure.net", "app-cert", certificate, None)

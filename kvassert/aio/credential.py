@@ -63,10 +63,15 @@ class AzureAdCredential:
         token_client: AsyncTokenClient | None = None,
         cache: AsyncTokenCache | None = None,
         additionally_allowed_tenants: Iterable[str] = (),
-        certificate_refresh_interval: float = 3600.0,
-        expiry_warning_days: int = 30,
+        certificate_refresh_interval: float | None = None,
+        expiry_warning_days: int | None = None,
     ) -> None:
         self.settings = settings
+        # Keyword options win over the AzureAd:Kvassert settings, which give the defaults.
+        if certificate_refresh_interval is None:
+            certificate_refresh_interval = float(settings.certificate_refresh_interval_seconds)
+        if expiry_warning_days is None:
+            expiry_warning_days = settings.certificate_expiry_warning_days
         self._own_vault_credentials: DefaultVaultCredentials | None = None
         if sources is not None:
             self._sources = list(sources)
@@ -78,6 +83,7 @@ class AzureAdCredential:
                 vault_credential,
                 certificate_refresh_interval=certificate_refresh_interval,
                 expiry_warning_days=expiry_warning_days,
+                retry_policy=retry_policy,
             )
         if not self._sources:
             raise KvassertError(

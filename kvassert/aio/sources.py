@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from kvassert.aio.vault_signer import KeyVaultSigner
     from kvassert.settings import AzureAdSettings, CredentialDescription
+    from kvassert.transport import RetryPolicy
     from kvassert.vault_signer import VaultCertificate
 
 _LOG = logging.getLogger("kvassert.sources")
@@ -165,10 +166,12 @@ class KeyVaultSource(AsyncCredentialSource):
         *,
         refresh_interval: float = 3600.0,
         expiry_warning_days: int = 30,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__(description, label)
         self._settings = settings
         self._vault_credential = vault_credential
+        self._retry_policy = retry_policy
         self.refresh_interval = refresh_interval
         self.expiry_warning_days = expiry_warning_days
         self._signer: KeyVaultSigner | None = None
@@ -198,6 +201,7 @@ class KeyVaultSource(AsyncCredentialSource):
             self.description.key_vault_certificate_name or "",
             self._vault_credential(self.description),
             algorithm=self._settings.signing_algorithm,
+            retry_policy=self._retry_policy,
         )
         try:
             await signer.load()
@@ -345,6 +349,7 @@ def make_sources(
     *,
     certificate_refresh_interval: float = 3600.0,
     expiry_warning_days: int = 30,
+    retry_policy: RetryPolicy | None = None,
 ) -> list[AsyncCredentialSource]:
     """The configured credentials in order, ``Skip``-ped ones left out (the sync dispatch)."""
     made: list[AsyncCredentialSource] = []
@@ -358,6 +363,7 @@ def make_sources(
                     vault_credential,
                     refresh_interval=certificate_refresh_interval,
                     expiry_warning_days=expiry_warning_days,
+                    retry_policy=retry_policy,
                 )
             )
         elif isinstance(source, sync.ManagedIdentityAssertionSource):

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING
 
 from kvassert.errors import KeyVaultError, SigningError
 from kvassert.signing import SUPPORTED_ALGORITHMS, CertificateChain, verify_signature
+from kvassert.transport import RetryPolicy
 from kvassert.vault_signer import (
     VAULT_SCOPE,
     VaultCertificate,
-    _describe,
-    _not_yet_valid_here,
     client_options,
+    describe_certificate,
     explain_http_error,
+    key_for,
     newest_usable,
+    not_yet_valid_here,
     usable,
 )
 
@@ -32,27 +34,9 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.keyvault.certificates import KeyVaultCertificate
     from azure.keyvault.certificates.aio import CertificateClient
-    from azure.keyvault.keys import KeyVaultKey
     from azure.keyvault.keys.crypto.aio import CryptographyClient
 
 _LOG = logging.getLogger("kvassert.keyvault")
-
-
-def key_for(certificate: VaultCertificate) -> KeyVaultKey:
-    """The certificate's public key as a ``KeyVaultKey``: handed to ``CryptographyClient`` it
-    stops the client from calling keys/get (an extra request, and a permission the
-    least-privilege role does not have) before the first sign."""
-    from azure.keyvault.keys import KeyVaultKey
-
-    numbers = certificate.chain.public_key.public_numbers()
-    jwk = {
-        "kid": certificate.key_id,
-        "kty": "RSA",
-        "key_ops": ["sign", "verify"],
-        "n": numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
-        "e": numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
-    }
-    return KeyVaultKey(key_id=certificate.key_id, jwk=jwk)
 
 
 class KeyVaultSigner:
@@ -73,6 +57,7 @@ class KeyVaultSigner:
         credential: AsyncTokenCredential,
         *,
         algorithm: str = "PS256",
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         if algorithm not in SUPPORTED_ALGORITHMS:
             raise SigningError(f"unsupported algorithm {algorithm!r}; expected PS256 or RS256")
@@ -80,6 +65,7 @@ class KeyVaultSigner:
         self.certificate_name = certificate_name
         self.algorithm = algorithm
         self._credential = credential
+        self._options = client_options(self.vault_url, retry_policy or RetryPolicy())
         self._lock = asyncio.Lock()
         self._certificate: VaultCertificate | None = None
         self._certificates_client: CertificateClient | None = None
@@ -176,7 +162,7 @@ class KeyVaultSigner:
             from azure.keyvault.certificates.aio import CertificateClient
 
             self._certificates_client = CertificateClient(
-                self.vault_url, self._credential, **client_options(self.vault_url)
+                self.vault_url, self._credential, **self._options
             )
         return self._certificates_client
 
@@ -204,7 +190,7 @@ class KeyVaultSigner:
                 f"Key Vault certificate get on {self.vault_url} failed: {type(exc).__name__}",
                 operation="certificate_get",
             ) from None
-        return _describe(self.vault_url, self.certificate_name, chosen, latest.policy)
+        return describe_certificate(self.vault_url, self.certificate_name, chosen, latest.policy)
 
     async def _fallback_version(
         self, client: CertificateClient, latest: KeyVaultCertificate, now: dt.datetime
@@ -218,7 +204,7 @@ class KeyVaultSigner:
         if version is not None:
             self.certificate_reads += 1
             return await client.get_certificate_version(self.certificate_name, version.version)
-        if latest.properties is not None and _not_yet_valid_here(latest.properties, now):
+        if latest.properties is not None and not_yet_valid_here(latest.properties, now):
             _LOG.warning(
                 "certificate %r version %s is not valid before %s by this machine's clock; "
                 "using it anyway (is the clock behind?)",
@@ -237,9 +223,7 @@ class KeyVaultSigner:
     def _crypto_client(self, certificate: VaultCertificate) -> CryptographyClient:
         from azure.keyvault.keys.crypto.aio import CryptographyClient
 
-        return CryptographyClient(
-            key_for(certificate), self._credential, **client_options(self.vault_url)
-        )
+        return CryptographyClient(key_for(certificate), self._credential, **self._options)
 
     async def _principal(self) -> str:
         """The object id in the vault token, for hints that name who needs a role."""
