@@ -12,7 +12,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # Debian packages the tests and benchmarks start as real processes (on 127.0.0.1 only).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench fuzz clean venv system-deps
+.PHONY: demo test lint bench fuzz soak clean venv system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check kvassert tests samples
 	$(VENV)/bin/ruff format --check kvassert tests samples
 	$(VENV)/bin/mypy
+
+# The property tests at full size (every test that reads KVASSERT_FUZZ_EXAMPLES).
+fuzz: $(STAMP) $(CHECKOV_STAMP) system-deps
+	KVASSERT_FUZZ_EXAMPLES=20000 KVASSERT_CHECKOV=$(CHECKOV_VENV)/bin/checkov \
+		$(PY) -m pytest -q -p no:randomly tests -k "fuzz or propert or pinning"
+
+# Load and soak at full size (64 threads x 5000 calls; 24 simulated hours).
+soak: $(STAMP) system-deps
+	KVASSERT_LOAD_SCALE=full $(PY) -m pytest -q tests/e2e -k "load or soak"
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench
