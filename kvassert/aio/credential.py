@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from kvassert.acquisition import Reload, acquisition_flow, request_context, resolve_target
 from kvassert.aio.cache import AsyncTokenCache
 from kvassert.aio.sources import (
     AsyncCredentialSource,
@@ -22,7 +23,6 @@ from kvassert.aio.sources import (
     make_sources,
 )
 from kvassert.aio.token_client import AsyncTokenClient
-from kvassert.credential import Reload, acquisition_flow, request_context, resolve_target
 from kvassert.errors import (
     AllCredentialsFailedError,
     CredentialUnavailableError,
