@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _terminate)
     started = dt.datetime.now(dt.timezone.utc)
+    load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     began = time.monotonic()
     results: dict[str, Any] = {}
     try:
@@ -115,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         "schema": report.SCHEMA,
         "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - began, 1),
-        "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(
+            ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "options": {
             "latency_ms": args.latency_ms,
             "quick": args.quick,
             "only": args.only,
         },
-        "machine": report.machine(processes.REPO),
+        "machine": {**report.machine(processes.REPO), "load_average_before": load_before},
         "scenarios": results,
         "targets": report.targets(results),
     }
