@@ -112,9 +112,9 @@ def keyvault_assertion(setup: Setup) -> tuple[Callable[[], str], Callable[[], No
         connection_verify=setup.ca_file,
     )
     certificate = certificates.get_certificate(setup.certificate_name)
-    assert certificate.properties.x509_thumbprint is not None
-    assert certificate.key_id is not None
-    x5t = b64url(certificate.properties.x509_thumbprint)
+    thumbprint = certificate.properties.x509_thumbprint if certificate.properties else None
+    assert thumbprint is not None and certificate.key_id is not None
+    x5t = b64url(thumbprint)
     crypto = CryptographyClient(
         certificate.key_id,
         vault_credential,

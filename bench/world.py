@@ -103,7 +103,8 @@ def build_world(emulator: Emulator, folder: Path) -> Setup:
             reuse_key=False,
             validity_in_months=12,
         )
-        created = certificates.begin_create_certificate(VAULT_CERTIFICATE, policy).result()
+        certificates.begin_create_certificate(VAULT_CERTIFICATE, policy).result()
+        key_id = certificates.get_certificate(VAULT_CERTIFICATE).key_id
     operator.close()
     pem_path, der, thumbprint = local_certificate(folder)
     scopes = []
@@ -149,7 +150,7 @@ def build_world(emulator: Emulator, folder: Path) -> Setup:
         vault_url=info.vault_url,
         ca_file=info.ca_file,
         certificate_name=VAULT_CERTIFICATE,
-        key_id=str(created.key_id),
+        key_id=str(key_id),
         pem_path=str(pem_path),
         thumbprint=thumbprint,
         settings_path=str(settings_path),
