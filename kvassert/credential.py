@@ -23,7 +23,7 @@ from kvassert.errors import (
     KvassertError,
     SigningError,
 )
-from kvassert.refresher import BackgroundRefresher, refresh_due
+from kvassert.refresher import BackgroundRefresher, Wait, refresh_due, wall_wait
 from kvassert.sources import (
     CertificateSource,
     CredentialSource,
@@ -84,6 +84,7 @@ class AzureAdCredential:
         expiry_warning_days: int | None = None,
         background_refresh: bool | None = None,
         shared_cache: RedisTokenStore | None = None,
+        refresh_wait: Wait = wall_wait,
     ) -> None:
         self.settings = settings
         # Keyword options win over the AzureAd:Kvassert settings, which give the defaults.
@@ -117,16 +118,17 @@ class AzureAdCredential:
                 f"{settings.section}: no usable credential is configured (every entry of "
                 "ClientCredentials is skipped or missing)"
             )
-        self._client = token_client or TokenClient(policy=retry_policy)
         self._cache = cache or TokenCache()
+        # One clock for the cache's decisions, the background refresh and the token times.
         self._clock = self._cache.clock
+        self._client = token_client or TokenClient(policy=retry_policy, clock=self._clock)
         self._shared = shared_cache
         # The hot path: scopes -> the token and its prebuilt azure-core objects, for calls
         # without claims or tenant (nearly all). Entries are replaced, never changed, except
         # for the ``used`` mark that tells the background refresh the token is still wanted.
         self._hot: dict[tuple[str, ...], _Hot] = {}
         self._refresher = (
-            BackgroundRefresher(self._refresh_in_background, clock=self._clock)
+            BackgroundRefresher(self._refresh_in_background, clock=self._clock, wait=refresh_wait)
             if background_refresh
             else None
         )
@@ -323,6 +325,8 @@ class AzureAdCredential:
     ) -> AccessToken:
         source.load()
         endpoint = target.endpoint
+        # Assertion times are claims Entra checks against its own clock: this machine's wall
+        # clock plus the learned skew, whatever clock the cache keeps tokens on.
         now = time.time()
         if isinstance(source, KeyVaultSource):
             source.refresh_if_stale(now)

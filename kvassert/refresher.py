@@ -4,6 +4,11 @@ One daemon thread per credential, started the first time something is scheduled 
 unused), sleeping until the earliest due time. At that time it calls ``refresh(key)``; when that
 raises, it tries again with backoff (the cached token keeps being served meanwhile, and callers
 fall back to refreshing themselves once it is due). ``close()`` stops the thread.
+
+Due times are read on the credential's clock, so the thread also waits in that clock's seconds:
+``wait(condition, seconds)`` (default: ``condition.wait(seconds)``, wall seconds) lets a test's
+simulated clock run a day of refreshes without sleeping for a day, as ``sched.scheduler`` takes
+a ``delayfunc`` beside its ``timefunc``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ def refresh_due(issued_at: float, refresh_on: float) -> float:
     return refresh_on - lead
 
 
+# How the refresher thread waits, holding ``condition``: until notified (``schedule``, ``close``)
+# or until ``seconds`` of the clock have passed (``None``: until notified).
+Wait = Callable[[threading.Condition, float | None], object]
+
+
+def wall_wait(condition: threading.Condition, seconds: float | None) -> None:
+    """Wait on ``condition`` for ``seconds`` of wall time (the default ``Wait``)."""
+    condition.wait(seconds)
+
+
 class BackgroundRefresher:
     """Calls ``refresh(key)`` on a daemon thread when each scheduled key falls due."""
 
@@ -40,9 +55,11 @@ class BackgroundRefresher:
         clock: Callable[[], float] = time.time,
         backoff: Callable[[float], float] = next_backoff,
         name: str = "kvassert-refresh",
+        wait: Wait = wall_wait,
     ) -> None:
         self._refresh = refresh
         self._clock = clock
+        self._wait = wait
         self._next_backoff = backoff
         self._name = name
         self._heap: list[tuple[float, int, Hashable]] = []
@@ -91,12 +108,12 @@ class BackgroundRefresher:
                 while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
                     heapq.heappop(self._heap)  # superseded or cancelled
                 if not self._heap:
-                    self._wake.wait()
+                    self._wait(self._wake, None)
                     continue
                 due, _, key = self._heap[0]
                 delay = due - self._clock()
                 if delay > 0:
-                    self._wake.wait(delay)
+                    self._wait(self._wake, delay)
                     continue
                 heapq.heappop(self._heap)
                 del self._due[key]
