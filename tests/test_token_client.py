@@ -91,9 +91,9 @@ def test_success_v1_with_string_times() -> None:
 
 
 def test_default_refresh_point_is_well_before_expiry() -> None:
-    assert default_refresh_on(0, 3600) == 3000
+    assert default_refresh_on(0, 3600) == 3300
     assert default_refresh_on(0, 600) == 300
-    assert default_refresh_on(0, 86400) == 72000
+    assert default_refresh_on(0, 86400) == 79200
 
 
 @pytest.mark.parametrize(
