@@ -42,8 +42,8 @@ test: $(STAMP) $(CHECKOV_STAMP) system-deps
 	KVASSERT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kvassert tests samples
-	$(VENV)/bin/ruff format --check kvassert tests samples
+	$(VENV)/bin/ruff check kvassert tests samples bench
+	$(VENV)/bin/ruff format --check kvassert tests samples bench
 	$(VENV)/bin/mypy
 
 # The property tests at full size (every test that reads KVASSERT_FUZZ_EXAMPLES).
