@@ -29,6 +29,7 @@ from kvassert.emulator.state import Fault
 from kvassert.emulator.vault import VaultError
 
 MAX_LATENCY_MS = 60_000
+MAX_CLOCK_OFFSET = 100 * 366 * 86_400
 
 
 class AdminError(WireError):
@@ -123,7 +124,7 @@ def post_application(ctx: RequestContext) -> Response:
             federated_identities=_strings(body, "federated_identities"),
             **extra,
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # int(Infinity): OverflowError
         raise AdminError(str(exc)) from None
     return json_response(
         {
@@ -215,6 +216,9 @@ def clock(ctx: RequestContext) -> Response:
         offset = _field(_body(ctx), "offset_seconds", (int, float))
         if offset is None:
             raise AdminError("'offset_seconds' is required")
+        # NaN, infinities or 1e300 would break every time the emulator renders afterwards.
+        if not -MAX_CLOCK_OFFSET <= offset <= MAX_CLOCK_OFFSET:
+            raise AdminError(f"'offset_seconds' must be within +-{MAX_CLOCK_OFFSET} s (100 years)")
         ctx.state.clock.set_offset(float(offset))
     clock_ = ctx.state.clock
     return json_response({"offset_seconds": clock_.offset_seconds, "now": clock_.now()})

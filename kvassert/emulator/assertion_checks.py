@@ -167,7 +167,15 @@ def _json_object(raw: bytes) -> dict[str, Any]:
             raise ValueError("duplicate member")
         return dict(pairs)
 
-    value = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    def no_constant(name: str) -> Any:  # NaN and Infinity are not JSON (RFC 8259 section 6)
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant
+        )
+    except RecursionError:  # nesting past the interpreter's recursion limit
+        raise ValueError("too deeply nested") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -312,6 +320,11 @@ def check_header(header: Mapping[str, Any]) -> None:
         raise EntraError(INVALID_JWT, "JWT token is invalid or malformed.")
 
 
+# NumericDate (RFC 7519 section 2) values that are instants at all: years 1 to 9999, the range
+# .NET's DateTime (and Python's datetime) can hold. Anything else cannot be a time Entra reads.
+_EARLIEST, _LATEST = -62135596800, 253402300799
+
+
 def _number(claims: Mapping[str, Any], name: str, *, integer: bool) -> float | None:
     value = claims.get(name)
     if value is None:
@@ -319,6 +332,8 @@ def _number(claims: Mapping[str, Any], name: str, *, integer: bool) -> float | N
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EntraError(INVALID_JWT, "JWT token is invalid or malformed.")
     if integer and not isinstance(value, int):
+        raise EntraError(INVALID_JWT, "JWT token is invalid or malformed.")
+    if not _EARLIEST <= value <= _LATEST:  # also refuses NaN; float(10**400) would overflow
         raise EntraError(INVALID_JWT, "JWT token is invalid or malformed.")
     return float(value)
 
@@ -336,7 +351,11 @@ def same_endpoint(aud: str, endpoint_url: str) -> bool:
     (they are case-insensitive in URLs), the path exactly but for the tenant GUID's case. No v1/v2
     sibling and no trailing-slash variant: MSAL.NET#3352 reports that ESTS refuses an assertion
     whose ``aud`` differs from the token endpoint used, and no Microsoft page lists variants."""
-    got, want = urlsplit(aud), urlsplit(endpoint_url)
+    try:
+        got = urlsplit(aud)
+    except ValueError:  # e.g. "https://[::1": not a URL, so not this endpoint
+        return False
+    want = urlsplit(endpoint_url)
     got_path, want_path = got.path.split("/"), want.path.split("/")
     return (
         (got.scheme.lower(), got.netloc.lower()) == (want.scheme.lower(), want.netloc.lower())

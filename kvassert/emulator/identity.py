@@ -46,7 +46,9 @@ def msi_token(ctx: RequestContext) -> Response:
     directory = ctx.state.directory
     args = ctx.request.args
     presented = ctx.request.headers.get("X-IDENTITY-HEADER", "")
-    if not presented or not hmac.compare_digest(presented, directory.identity_header):
+    # Bytes: compare_digest refuses str with non-ASCII characters (a latin-1 header value).
+    expected = directory.identity_header.encode()
+    if not presented or not hmac.compare_digest(presented.encode(), expected):
         return _error(ctx, 401, "Unauthorized: the X-IDENTITY-HEADER header is missing or invalid.")
     api_version = args.get("api-version", "")
     if api_version not in API_VERSIONS:

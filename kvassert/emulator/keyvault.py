@@ -14,6 +14,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from werkzeug.wrappers import Response
 
@@ -243,7 +244,8 @@ def certificate_create(ctx: RequestContext, name: str) -> Response:
     operation = ctx.state.vault.certificates.create(
         name, policy, enabled=enabled is not False, tags=wire.tags(body)
     )
-    api = ctx.request.args.get("api-version", "")
+    # The caller's api-version goes into a header: percent-encoded, so no CR/LF gets there.
+    api = quote(ctx.request.args.get("api-version", ""), safe="")
     location = f"{ctx.base_url}/certificates/{name}/pending?api-version={api}"
     return json_response(
         wire.operation_json(ctx.base_url, name, operation),
@@ -260,7 +262,10 @@ def certificate_pending(ctx: RequestContext, name: str) -> Response:
 def _material(value: str) -> bytes:
     """PEM text as is; anything else is base64 (the SDK base64-encodes PEM files too)."""
     if value.lstrip().startswith("-----BEGIN"):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON, not text
+            raise BadParameter("Property 'value' is not a readable PEM certificate.") from None
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kvassert.emulator.keystore import RSA_KEY_SIZES
 from kvassert.emulator.vault import (
     Attributes,
     BadParameter,
@@ -62,7 +63,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     """The JSON object of a request body."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the recursion limit
         raise BadParameter("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise BadParameter("The request body must be a JSON object.")
@@ -125,6 +126,12 @@ def jwk_private_key(jwk: Mapping[str, Any]) -> rsa.RSAPrivateKey:
     n, e, d = number("n"), number("e"), number("d")
     assert n is not None and e is not None and d is not None
     p, q = number("p", False), number("q", False)
+    # Sizes first (the service imports RSA 2048-4096 only): recovering the primes from a huge
+    # e * d took minutes of CPU per request.
+    if n.bit_length() not in RSA_KEY_SIZES:
+        raise BadParameter(f"Invalid key size {n.bit_length()}: expected one of {RSA_KEY_SIZES}.")
+    if not all(1 < x < n for x in (e, d, *(v for v in (p, q) if v is not None))):
+        raise BadParameter("The RSA key to import is not consistent.")
     try:
         if p is None or q is None:
             p, q = rsa.rsa_recover_prime_factors(n, e, d)
