@@ -9,7 +9,7 @@ its workers, and its output goes to a temporary file that a failing test can sho
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -115,6 +115,7 @@ class ServerProcess:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
+        self._final_output = ""
         self._runtime_dir: str | None = None
 
     @property
@@ -173,26 +174,27 @@ class ServerProcess:
                 time.sleep(0.1)
 
     def output(self) -> str:
-        """What the server printed so far (stdout and stderr)."""
+        """What the server printed so far (stdout and stderr); after ``stop()``, all of it."""
         if self._output is None or self._output.closed:
-            return ""
+            return self._final_output
         self._output.seek(0)
         return self._output.read().decode(errors="replace")
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (gunicorn: graceful shutdown), then SIGKILL to the whole session after
-        ``timeout``; returns the exit code."""
+    def stop(self, timeout: float = 20.0, *, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """``sig`` (SIGTERM: gunicorn's graceful shutdown), then SIGKILL to the whole session
+        after ``timeout``; returns the exit code."""
         code: int | None = None
         if self.process is not None:
             if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+                self.process.send_signal(sig)
                 try:
                     self.process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
             code = self.process.returncode
-        if self._output is not None:
+        if self._output is not None and not self._output.closed:
+            self._final_output = self.output()
             self._output.close()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
@@ -211,14 +213,23 @@ class ServerProcess:
         self.stop()
 
 
-def gunicorn(startup_command: str) -> list[str]:
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def gunicorn(startup_command: str, *, needs: Sequence[str] = ("Flask", "gunicorn")) -> list[str]:
     """The arguments of an App Service startup command (``gunicorn --bind=0.0.0.0:8000 ...``)
-    for this interpreter's gunicorn, bound to the inherited socket instead."""
-    missing = [name for name in ("gunicorn", "flask") if importlib.util.find_spec(name) is None]
+    for this interpreter's gunicorn, bound to the inherited socket instead; ``needs`` are the
+    distributions the server runs on, checked first for a clear message."""
+    missing = [name for name in needs if not _installed(name)]
     if missing:
         raise RuntimeError(
-            f"the samples' servers need {' and '.join(missing)}: pip install Flask gunicorn "
-            "(both belong in kvassert's test extra)"
+            f"the samples' servers need {', '.join(missing)}: pip install {' '.join(missing)} "
+            "(they belong in kvassert's test extra)"
         )
     words = startup_command.split()
     if not words or words[0] != "gunicorn":
