@@ -52,12 +52,12 @@ class _Hot:
     __slots__ = ("azure", "info", "token", "used")
 
     def __init__(self, token: AccessToken, *, used: bool) -> None:
-        from azure.core.credentials import AccessToken as AzureAccessToken
-        from azure.core.credentials import AccessTokenInfo
+        # azure-core's types, with the token kept out of their repr
+        from kvassert._azure_tokens import RedactedAccessToken, RedactedAccessTokenInfo
 
         self.token = token
-        self.azure = AzureAccessToken(token.token, token.expires_on)
-        self.info = AccessTokenInfo(
+        self.azure = RedactedAccessToken(token.token, token.expires_on)
+        self.info = RedactedAccessTokenInfo(
             token.token, token.expires_on, token_type=token.token_type, refresh_on=token.refresh_on
         )
         self.used = used
