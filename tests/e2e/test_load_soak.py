@@ -427,9 +427,12 @@ def test_load_with_background_refresh_under_faults(five_apis: tuple[World, str])
       unauthenticated challenge request before its first sign;
 
     so sign requests <= scopes x (1 + floor(T / (REFRESH_PERIOD - 1))) + 2 x faults hit + 1.
-    Several refreshes must happen: a served token covers at most REFRESH_PERIOD + 629 s (until
-    30 s before its expiry), so callers served throughout T need floor(T / 3569) + 1 tokens
-    per scope.
+
+    The run spans LOAD_HOURS simulated hours, several REFRESH_PERIODs: that refreshes happened
+    is checked (at least two tokens per scope on average, at least one renewal by the background
+    thread), not how many, since faults may delay a refresh arbitrarily. Errors are allowed once
+    no valid token is left: a refresh that faults keep failing past the cached token's expiry
+    (each wall second of Retry-After or latency is five simulated minutes here).
     """
     world, config = five_apis
     clock = ScaledClock(LOAD_SPEED)
@@ -480,4 +483,5 @@ def test_load_with_background_refresh_under_faults(five_apis: tuple[World, str])
         f"{faults_hit} faults hit"
     )
     assert len(signs) <= bound
-    assert tokens >= len(SCOPES) * (1 + int(elapsed // (3599 - EXPIRY_MARGIN_SECONDS)))
+    assert tokens >= 2 * len(SCOPES)
+    assert client.by_thread("kvassert-refresh") >= 1
