@@ -17,6 +17,7 @@ This module runs offline (local certificates, a scripted token endpoint); the em
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import importlib
 import json
@@ -82,6 +83,7 @@ class Hygiene:
     # value -> name; never in a repr (a failing test would print it)
     canaries: dict[str, str] = field(default_factory=dict, repr=False)
     texts: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    planted: collections.Counter[str] = field(default_factory=collections.Counter)
 
     # canaries
 
@@ -89,6 +91,7 @@ class Hygiene:
         if value:
             compact = "".join(value.split())
             self.canaries.setdefault(compact, name)
+            self.planted[name] += 1
 
     def plant_jwt(self, name: str, value: str | None) -> None:
         """A token or assertion: a JWT by its signature, anything else whole."""
