@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote_plus
 
 from kvassert.aadsts import CREDENTIAL_PROBLEM_CODES, hint_for
 from kvassert.errors import TokenRequestError
@@ -252,9 +253,11 @@ def token_from_answer(
     *,
     now: float,
     context: Mapping[str, str],
+    sent: Mapping[str, str] | None = None,
 ) -> AccessToken:
     """What the sync and async clients do with an answer: refuse a redirect (it could carry the
-    credential to another host), else ``parse_token_response``."""
+    credential to another host), else ``parse_token_response`` of the body without the
+    credential of ``sent`` (the request's form; see ``without_credential``)."""
     if 300 <= status < 400:
         raise TokenRequestError(
             f"{endpoint} answered a redirect (HTTP {status}); kvassert never follows a redirect "
@@ -262,8 +265,24 @@ def token_from_answer(
             status=status,
         )
     return parse_token_response(
-        status, headers, body, now=now, context={**context, "endpoint": endpoint}
+        status,
+        headers,
+        without_credential(body, sent or {}),
+        now=now,
+        context={**context, "endpoint": endpoint},
     )
+
+
+def without_credential(body: bytes, form: Mapping[str, str]) -> bytes:
+    """``body`` with the request's client secret and assertion blanked out. Error text quotes
+    Entra's description and the start of a body that is not JSON; a proxy's error page or an
+    STS that echoes the request would otherwise carry the credential into logs."""
+    for name in ("client_secret", "client_assertion"):
+        value = form.get(name)
+        if value:
+            for written in {value, quote_plus(value)}:
+                body = body.replace(written.encode(), b"<redacted>")
+    return body
 
 
 def unreachable(endpoint: str, exc: BaseException, deadline: float) -> TokenRequestError:
@@ -328,6 +347,7 @@ class TokenClient:
             response.content,
             now=self._clock(),
             context=context,
+            sent=form,
         )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import json
 import logging
 import secrets
 import traceback
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -717,3 +718,37 @@ def test_the_scanner_finds_what_it_should() -> None:
     hygiene.text("claims only", token.rsplit(".", 1)[0])
     found = {leak.split(" in ", 1)[1].split(":", 1)[0] for leak in hygiene.leaks()}
     assert found == {"whole", "piece", "wrapped", "signature"}
+
+
+def test_an_answer_that_echoes_the_request_keeps_the_credential_out_of_errors(
+    offline: Offline,
+) -> None:
+    """A proxy's error page or a custom STS (``AllowedAuthorityHosts``) that echoes the request
+    back: kvassert puts the start of a body it cannot parse, and Entra's error description, into
+    its error text, so the request's own secret or assertion is blanked out of the answer first.
+    """
+    hygiene = offline.hygiene
+
+    def echoes(form: dict[str, str]) -> list[Answer]:
+        raw = urllib.parse.urlencode(form).encode()
+        credential = form.get("client_secret") or form.get("client_assertion") or ""
+        described = {
+            "error": "invalid_client",
+            "error_description": f"AADSTS7000215: Invalid client secret '{credential}' provided.",
+            "error_codes": [7000215],
+        }
+        return [
+            (400, {}, raw),  # the raw form first: the error quotes a body's first 40 bytes
+            (403, {}, b"<html>blocked: " + credential.encode() + b"</html>"),
+            (401, {}, json.dumps(described).encode()),
+        ]
+
+    with debug_logs() as logs:
+        for index in range(3):
+            offline.script.responder = lambda form, index=index: echoes(form)[index]
+            for name in ("secret", "pfx"):
+                with offline.credential(name) as credential:
+                    error = offline.run(f"echo {index} to {name}", lambda: credential.token(SCOPE))
+                    assert isinstance(error, kvassert.TokenRequestError)
+    hygiene.logs("echo", logs.records)
+    hygiene.assert_clean(expected_texts=20)
