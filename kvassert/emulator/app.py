@@ -9,7 +9,9 @@ service's own error body (the latter logged with its traceback).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import logging
 import time
 import uuid
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("kvassert.emulator")
 
 MAX_BODY_BYTES = 1024 * 1024
+DRAIN_LIMIT = 16 * MAX_BODY_BYTES  # past this, an over-limit client may see a reset instead
 ROUTE_MODULES = (keyvault, entra, identity, admin)
 
 
@@ -58,6 +61,50 @@ class DroppedConnection(ConnectionResetError):
 
     def __init__(self) -> None:
         super().__init__(errno.ECONNRESET, "connection dropped by an injected fault")
+
+
+def buffer_streamed_body(environ: WSGIEnvironment, limit: int) -> WSGIEnvironment:
+    """A body sent without Content-Length (chunked; the server dechunks it), read into memory up
+    to one byte past ``limit`` and given the length it had.
+
+    werkzeug stops reading such a stream at ``max_content_length`` without complaint, so an
+    over-limit body would reach a handler cut to the limit; with a length, werkzeug answers 413
+    as for any body. A malformed chunk keeps what was read and claims one byte more: werkzeug
+    then reports the client as disconnected (400), as it did when it read the stream itself."""
+    stream = environ["wsgi.input"]
+    try:
+        body, broken = stream.read(limit + 1), False
+    except (OSError, ValueError):  # cheroot: "Bad chunked transfer size", a dropped client
+        body, broken = b"", True
+    if len(body) > limit:  # read the rest too (see drain_oversized_body)
+        with contextlib.suppress(OSError, ValueError):
+            _drain(stream, DRAIN_LIMIT)
+    # A chunked Transfer-Encoding makes werkzeug ignore Content-Length: the body is plain now.
+    streamed = ("wsgi.input_terminated", "HTTP_TRANSFER_ENCODING")
+    buffered = {k: v for k, v in environ.items() if k not in streamed}
+    buffered.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body) + broken)})
+    return buffered
+
+
+def drain_oversized_body(environ: WSGIEnvironment, limit: int) -> None:
+    """Read and drop a body whose Content-Length is over ``limit`` (up to ``DRAIN_LIMIT``), so
+    that the client has sent it all when the 413 goes out: cheroot closes the connection after a
+    413 without reading on, and a client still sending would see a reset, not the answer."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length > limit:
+        with contextlib.suppress(OSError, ValueError):  # the client went away: nobody waits
+            _drain(environ["wsgi.input"], min(length, DRAIN_LIMIT))
+
+
+def _drain(stream: Any, most: int) -> None:
+    while most > 0:
+        block = stream.read(min(most, 65536))
+        if not block:
+            return
+        most -= len(block)
 
 
 def default_routes() -> list[Route]:
@@ -100,6 +147,10 @@ class EmulatorApp:
         self.url_map = Map(rules, merge_slashes=False, strict_slashes=False)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+            environ = buffer_streamed_body(environ, self.max_body_bytes)
+        else:
+            drain_oversized_body(environ, self.max_body_bytes)
         request = Request(environ)
         request.max_content_length = self.max_body_bytes
         response = self.dispatch(request)
@@ -109,9 +160,9 @@ class EmulatorApp:
         """Answer one request (raises ``DroppedConnection`` for a ``drop`` fault)."""
         base_url = self.base_url or f"{request.scheme}://{request.host}"
         ctx = RequestContext(self.state, request, base_url, extra={"operations": self.operations})
-        route, values = self._match(request)
-        if isinstance(route, Response):
-            handle = self._begin(request, "unmatched", service_for_path(request.path))
+        route, values, service = self._match(request)
+        if isinstance(route, Response):  # logged as the service whose shape the answer has
+            handle = self._begin(request, "unmatched", service)
             self.state.log.finish(handle, status=route.status_code, principal="", fault=False)
             return route
         if route.service == "admin":  # the admin API is neither logged nor faulted
@@ -139,20 +190,22 @@ class EmulatorApp:
         entry = LogEntry(self.state.clock.now(), request.method, request.path, operation, service)
         return self.state.log.begin(entry)
 
-    def _match(self, request: Request) -> tuple[Route | Response, dict[str, Any]]:
+    def _match(self, request: Request) -> tuple[Route | Response, dict[str, Any], str]:
+        """The route and its values, or the error answer; and the service either belongs to."""
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             index, values = adapter.match()
-            return self.routes[int(index)], dict(values)
+            route = self.routes[int(index)]
+            return route, dict(values), route.service
         except MethodNotAllowed as exc:
             allowed = sorted(exc.valid_methods or ())
             service = self._service_of(adapter, allowed) or service_for_path(request.path)
             error = self._error(service, f"The {request.method} method is not allowed here.", 405)
             error.headers["Allow"] = ", ".join(allowed)
-            return error, {}
+            return error, {}, service
         except (NotFound, RequestRedirect):
             service = service_for_path(request.path)
-            return self._error(service, f"No route for {request.path[:200]}.", 404), {}
+            return self._error(service, f"No route for {request.path[:200]}.", 404), {}, service
 
     def _service_of(self, adapter: MapAdapter, methods: Sequence[str]) -> str | None:
         for method in methods:

@@ -118,6 +118,7 @@ class HttpsServer:
     """cheroot serving ``app`` on ``host:port`` (0: a free port) over TLS, in a thread."""
 
     def __init__(self, app: EmulatorApp, host: str, port: int, tls_dir: Path) -> None:
+        check_loopback(host)  # here too, not only in Emulator: this is what binds
         ca_key, ca_cert = load_or_create_ca(tls_dir)
         key, cert = x509util.make_server_certificate(
             ca_key, ca_cert, dt.datetime.now(dt.timezone.utc)

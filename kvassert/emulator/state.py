@@ -165,7 +165,8 @@ class EmulatorState:
         self.faults = Faults()
         self.log = RequestLog()
         self._grant_default()
-        self._save_lock = threading.Lock()
+        self._save_lock = threading.Lock()  # the autosave timer and the dirty flag
+        self._write_lock = threading.Lock()  # one save at a time
         self._timer: threading.Timer | None = None
         self._dirty = False
         self.state_dir: Path | None = None
@@ -217,9 +218,11 @@ class EmulatorState:
         """Write ``state.json`` into ``directory`` atomically; returns its path."""
         target_dir = Path(directory)
         target_dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(self.to_dict(), indent=1)
         target = target_dir / STATE_FILE
-        with self._save_lock:
+        # Snapshot and write under one lock, so saves land in the order their snapshots were
+        # taken: an autosave's older snapshot cannot overwrite the newer one flush() wrote.
+        with self._write_lock:
+            data = json.dumps(self.to_dict(), indent=1)
             fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=target_dir)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -258,6 +258,10 @@ def load_material(
                 raise ValueError("The PEM content holds no private key.")
             key: Any = serialization.load_pem_private_key(match.group(0), secret)
         else:
+            if secret is not None and b"\x00" in secret:
+                # cryptography's PKCS#12 loader panics (PanicException, not an Exception) on a
+                # password with a NUL; PKCS#12 passwords are NUL-terminated, so none has one.
+                raise ValueError("the password holds a NUL character")
             key, leaf, extra = pkcs12.load_key_and_certificates(material, secret)
             certs = ([leaf] if leaf is not None else []) + list(extra)
     except (ValueError, TypeError) as exc:
