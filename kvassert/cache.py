@@ -53,6 +53,14 @@ def next_backoff(previous: float) -> float:
     return min(RETRY_BACKOFF_MAX, previous * 2 if previous else RETRY_BACKOFF_START)
 
 
+class RetryLater(Exception):
+    """A refresh is backing off after a failure: try again at ``not_before``."""
+
+    def __init__(self, not_before: float) -> None:
+        super().__init__(f"backing off until {not_before:.0f}")
+        self.not_before = not_before
+
+
 class TokenCache:
     """In-memory tokens keyed by (authority, client id, scope or resource, ...)."""
 
@@ -127,8 +135,12 @@ class TokenCache:
     def renew(self, key: Hashable, acquire: Callable[[], AccessToken]) -> AccessToken:
         """Acquire a new token for ``key`` now, whatever the refresh rule says (background
         refresh), joining an acquisition already in flight. Raises what ``acquire`` raises; the
-        current entry then stays as it was."""
+        current entry then stays as it was. Raises ``RetryLater`` instead of acquiring while a
+        failed refresh is backing off, so background and callers share one backoff."""
         with self._mutex:
+            not_before, _ = self._backoff.get(key, (0.0, 0.0))
+            if self._clock() < not_before:
+                raise RetryLater(not_before)
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from kvassert.cache import next_backoff
+from kvassert.cache import RetryLater, next_backoff
 
 _LOG = logging.getLogger("kvassert.refresher")
 
@@ -124,6 +124,9 @@ class BackgroundRefresher:
         while (key := self._next()) is not None:
             try:
                 self._refresh(key)
+            except RetryLater as later:
+                # A caller's refresh failed just now; its backoff applies here too.
+                self.schedule(key, later.not_before)
             except Exception as exc:
                 self.failures += 1
                 with self._wake:

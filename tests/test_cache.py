@@ -142,3 +142,22 @@ def test_concurrent_cold_callers_share_one_failure() -> None:
         t.join()
     assert len(errors) == 16
     assert len(calls) == 1
+
+
+def test_renew_respects_the_backoff_of_a_failed_refresh() -> None:
+    from kvassert.cache import RetryLater
+
+    clock = Clock()
+    cache = TokenCache(clock)
+    cache.get("k", lambda: token("old"))
+    clock.now = 4100
+
+    def failing() -> AccessToken:
+        raise RuntimeError("down")
+
+    cache.get("k", failing)  # serves "old", backs off
+    with pytest.raises(RetryLater) as info:
+        cache.renew("k", lambda: token("new", issued=4100))
+    assert info.value.not_before > clock.now
+    clock.now = info.value.not_before
+    assert cache.renew("k", lambda: token("new", issued=4100)).token == "new"

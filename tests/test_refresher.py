@@ -77,3 +77,23 @@ def test_cancel_and_schedule_after_close_are_ignored() -> None:
     refresher.schedule("j", time.time())
     time.sleep(0.1)
     assert calls == []
+
+
+def test_a_refresh_backing_off_is_rescheduled_not_counted_as_a_failure() -> None:
+    from kvassert.cache import RetryLater
+
+    attempts: list[float] = []
+    done = threading.Event()
+
+    def refresh(key: Hashable) -> None:
+        attempts.append(time.time())
+        if len(attempts) == 1:
+            raise RetryLater(time.time() + 0.2)
+        done.set()
+
+    refresher = BackgroundRefresher(refresh)
+    refresher.schedule("k", time.time())
+    assert done.wait(5)
+    refresher.close()
+    assert refresher.failures == 0 and refresher.refreshes == 1
+    assert attempts[1] - attempts[0] >= 0.19
