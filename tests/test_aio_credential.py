@@ -77,6 +77,7 @@ def test_first_token_then_cache_hits_and_token_info(
 
     info = run(main())
     assert info.token == "tok" and info.refresh_on is not None and info.refresh_on < info.expires_on
+    assert "tok" not in repr(info).replace("token=", "").replace("token_type", "")
     assert script.hits == 1
     claims = jwt.decode(
         script.forms[0]["client_assertion"],
@@ -291,3 +292,4 @@ def test_public_names_resolve_and_importing_the_package_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+

@@ -118,22 +118,22 @@ class AzureAdCredential:
     ) -> AzureAccessToken:
         """An access token for ``scopes``; raises ``TokenRequestError``,
         ``AllCredentialsFailedError`` or another ``KvassertError`` subclass."""
-        from azure.core.credentials import AccessToken as AzureAccessToken
+        from kvassert._azure_tokens import RedactedAccessToken
 
         token = await self.token(*scopes, claims=claims, tenant_id=tenant_id)
-        return AzureAccessToken(token.token, token.expires_on)
+        return RedactedAccessToken(token.token, token.expires_on)
 
     async def get_token_info(
         self, *scopes: str, options: TokenRequestOptions | None = None
     ) -> AccessTokenInfo:
         """Like ``get_token``, with ``refresh_on`` and ``token_type``."""
-        from azure.core.credentials import AccessTokenInfo
+        from kvassert._azure_tokens import RedactedAccessTokenInfo
 
         options = options or {}
         token = await self.token(
             *scopes, claims=options.get("claims"), tenant_id=options.get("tenant_id")
         )
-        return AccessTokenInfo(
+        return RedactedAccessTokenInfo(
             token.token,
             token.expires_on,
             token_type=token.token_type,

@@ -84,7 +84,9 @@ class AsyncTokenClient:
         """Send one token request (with retries); raises ``TokenRequestError``."""
         self.requests_sent += 1
         status, headers, body = await self._post(endpoint, form)
-        return token_from_answer(endpoint, status, headers, body, now=time.time(), context=context)
+        return token_from_answer(
+            endpoint, status, headers, body, now=time.time(), context=context, sent=form
+        )
 
     async def _post(self, endpoint: str, form: Mapping[str, str]) -> Answer:
         import aiohttp
