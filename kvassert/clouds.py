@@ -11,7 +11,7 @@ is read from a vault or signed:
   cloud...), or loopback when the authority is loopback too, or listed in
   ``AzureAd:Kvassert:AllowedVaultHosts``.
 
-Decisions (docs/configuration.md has the user-facing version):
+Decisions (README.md, "Configuration reference", has the user-facing version):
 
 * Mixing loopback with a real cloud needs the allow-list. A loopback vault beside a real
   authority would receive a real Azure token (``DefaultAzureCredential``: managed identity,

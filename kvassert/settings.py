@@ -6,7 +6,7 @@ the section (``_config_layers``, the .NET configuration model); then validate th
 ``ConfigError`` naming the .NET path (``AzureAd:ClientCredentials:0:KeyVaultUrl``), what was
 found and what is expected. Secret values never appear in those messages or in any ``repr``.
 
-Choices where .NET leaves room (docs/configuration.md has the user-facing version):
+Choices where .NET leaves room (README.md, "Configuration reference", has the user-facing version):
 
 * a value that is empty, or JSON ``null``, counts as not set;
 * ``ClientCredentials`` entries come first, then the legacy ``ClientCertificates`` ones, then
