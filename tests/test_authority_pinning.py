@@ -192,8 +192,8 @@ def test_an_unknown_authority_is_refused(key: str, value: str) -> None:
 
 
 def test_a_skipped_entry_is_not_checked() -> None:
-    # A skipped entry's other keys are never validated (README.md, "Configuration reference"); its vault is
-    # never contacted either, so a leftover from another cloud may stay in the file.
+    # A skipped entry's other keys are never validated (README, "Configuration reference"); its
+    # vault is never contacted either, so a leftover from another cloud may stay in the file.
     doc = document(vault_of(US_GOV), skip=True)
     doc["AzureAd"]["ClientSecret"] = "s3cret-value"
     assert load(doc).credentials[0].skip
