@@ -94,6 +94,33 @@ def not_yet_valid_here(version: Any, now: dt.datetime) -> bool:
     )
 
 
+def fallback_version(
+    latest: Any, versions: Iterable[Any], now: dt.datetime, *, name: str, vault_url: str
+) -> Any | None:
+    """When the newest version (``latest``) cannot sign now: the version to read instead (the
+    newest usable one), or None to use ``latest`` after all. Rotation may leave the newest
+    version disabled or not yet valid; when nothing else can sign and it only looks early
+    because this machine's clock is behind the vault's, the vault judges. Raises
+    ``KeyVaultError`` when no version can sign."""
+    version = newest_usable(versions, now)
+    if version is not None:
+        return version
+    if latest.properties is not None and not_yet_valid_here(latest.properties, now):
+        _LOG.warning(
+            "certificate %r version %s is not valid before %s by this machine's clock; "
+            "using it anyway (is the clock behind?)",
+            name,
+            latest.properties.version,
+            latest.properties.not_before,
+        )
+        return None
+    raise KeyVaultError(
+        f"certificate {name!r} in {vault_url} has no enabled version that is valid now",
+        operation="certificate_get",
+        hint="enable a version or create a new one",
+    )
+
+
 def newest_usable(versions: Iterable[Any], now: dt.datetime) -> Any | None:
     """The most recently created usable version, or None."""
     epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
@@ -323,31 +350,16 @@ class KeyVaultSigner:
             policy = latest.policy
             chosen = latest
             if latest.properties is None or not usable(latest.properties, now):
-                # Rotation may leave the newest version disabled or not yet valid: fall back to
-                # the newest version that can sign right now.
-                version = newest_usable(
-                    client.list_properties_of_certificate_versions(self.certificate_name), now
+                version = fallback_version(
+                    latest,
+                    client.list_properties_of_certificate_versions(self.certificate_name),
+                    now,
+                    name=self.certificate_name,
+                    vault_url=self.vault_url,
                 )
                 if version is not None:
                     self.certificate_reads += 1
                     chosen = client.get_certificate_version(self.certificate_name, version.version)
-                elif latest.properties is not None and not_yet_valid_here(latest.properties, now):
-                    # Nothing else can sign, and the newest version only looks early because
-                    # this machine's clock is behind the vault's: let the vault judge.
-                    _LOG.warning(
-                        "certificate %r version %s is not valid before %s by this machine's "
-                        "clock; using it anyway (is the clock behind?)",
-                        self.certificate_name,
-                        latest.properties.version,
-                        latest.properties.not_before,
-                    )
-                else:
-                    raise KeyVaultError(
-                        f"certificate {self.certificate_name!r} in {self.vault_url} has no "
-                        "enabled version that is valid now",
-                        operation="certificate_get",
-                        hint="enable a version or create a new one",
-                    )
         except HttpResponseError as exc:
             raise explain_http_error(
                 exc,

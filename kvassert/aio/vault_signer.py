@@ -1,7 +1,7 @@
 """The async Key Vault signer: ``kvassert.vault_signer.KeyVaultSigner`` on the SDK's aio clients.
 
 Everything that is not a call to the vault is the sync module's: which certificate version can
-sign (``usable``, ``newest_usable``), what a certificate bundle means (``VaultCertificate``),
+sign (``usable``, ``fallback_version``), what a certificate bundle means (``VaultCertificate``),
 client options for loopback vaults, turning vault errors into ``KeyVaultError`` with hints, and
 checking each signature against the certificate. What is restated here is the order of the
 calls, with ``await``.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import logging
 from typing import TYPE_CHECKING
 
 from kvassert.errors import KeyVaultError, SigningError
@@ -24,9 +23,8 @@ from kvassert.vault_signer import (
     client_options,
     describe_certificate,
     explain_http_error,
+    fallback_version,
     key_for,
-    newest_usable,
-    not_yet_valid_here,
     usable,
 )
 
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     from azure.keyvault.certificates import KeyVaultCertificate
     from azure.keyvault.certificates.aio import CertificateClient
     from azure.keyvault.keys.crypto.aio import CryptographyClient
-
-_LOG = logging.getLogger("kvassert.keyvault")
 
 
 class KeyVaultSigner:
@@ -195,30 +191,17 @@ class KeyVaultSigner:
     async def _fallback_version(
         self, client: CertificateClient, latest: KeyVaultCertificate, now: dt.datetime
     ) -> KeyVaultCertificate:
-        """Rotation may leave the newest version disabled or not yet valid: the newest version
-        that can sign right now (as the sync signer chooses)."""
+        """The version to sign with when the newest cannot sign now (``fallback_version``)."""
         versions = [
             v async for v in client.list_properties_of_certificate_versions(self.certificate_name)
         ]
-        version = newest_usable(versions, now)
-        if version is not None:
-            self.certificate_reads += 1
-            return await client.get_certificate_version(self.certificate_name, version.version)
-        if latest.properties is not None and not_yet_valid_here(latest.properties, now):
-            _LOG.warning(
-                "certificate %r version %s is not valid before %s by this machine's clock; "
-                "using it anyway (is the clock behind?)",
-                self.certificate_name,
-                latest.properties.version,
-                latest.properties.not_before,
-            )
-            return latest
-        raise KeyVaultError(
-            f"certificate {self.certificate_name!r} in {self.vault_url} has no enabled version "
-            "that is valid now",
-            operation="certificate_get",
-            hint="enable a version or create a new one",
+        version = fallback_version(
+            latest, versions, now, name=self.certificate_name, vault_url=self.vault_url
         )
+        if version is None:
+            return latest
+        self.certificate_reads += 1
+        return await client.get_certificate_version(self.certificate_name, version.version)
 
     def _crypto_client(self, certificate: VaultCertificate) -> CryptographyClient:
         from azure.keyvault.keys.crypto.aio import CryptographyClient
