@@ -137,6 +137,13 @@ class KeyVaultSigner:
                 f"Key Vault sign on {self.vault_url} failed: {type(exc).__name__}",
                 operation="sign",
             ) from None
+        except (ValueError, KeyError, TypeError):
+            # As in the sync signer: the SDK lets a garbage body (HTML from a proxy, truncated
+            # JSON) escape as a JSON or model error.
+            raise KeyVaultError(
+                f"Key Vault sign on {self.vault_url} answered a body that is not a sign result",
+                operation="sign",
+            ) from None
         signature = bytes(result.signature or b"")
         if not verify_signature(certificate.chain, self.algorithm, signing_input, signature):
             raise SigningError(
@@ -184,6 +191,12 @@ class KeyVaultSigner:
         except AzureError as exc:
             raise KeyVaultError(
                 f"Key Vault certificate get on {self.vault_url} failed: {type(exc).__name__}",
+                operation="certificate_get",
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise KeyVaultError(
+                f"Key Vault certificate get on {self.vault_url} answered a body that is not a "
+                "certificate",
                 operation="certificate_get",
             ) from None
         return describe_certificate(self.vault_url, self.certificate_name, chosen, latest.policy)

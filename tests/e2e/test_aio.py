@@ -126,6 +126,37 @@ def test_missing_certificate_read_is_reported_as_unavailable(world: World) -> No
 
 
 @pytest.mark.parametrize(
+    ("route", "body", "outcome", "match"),
+    [
+        (
+            "certificate_get",
+            "<html>maintenance</html>",
+            kvassert.CredentialUnavailableError,
+            "not a certificate",
+        ),
+        ("sign", '{"kid": "x", "val', KeyVaultError, "Key Vault sign on .* (failed|answered)"),
+    ],
+)
+def test_garbage_vault_bodies_are_clear_errors(
+    world: World, route: str, body: str, outcome: type[Exception], match: str
+) -> None:
+    world.create_certificate("app-cert")
+    client_id = world.register_app(vault_certificates=("app-cert",))
+    config = world.appsettings(client_id, [world.vault_entry("app-cert")])
+    world.admin.add_fault(route, status=200, body=body)
+
+    async def main() -> None:
+        async with kvassert.aio.from_appsettings(config) as credential:
+            await credential.get_token(SCOPE)
+
+    try:
+        with pytest.raises(outcome, match=match):
+            run(main())
+    finally:
+        world.admin.clear_faults()
+
+
+@pytest.mark.parametrize(
     ("key_type", "key_size", "algorithm", "send_x5c", "version"),
     [
         ("RSA", 2048, "PS256", False, "v2"),
