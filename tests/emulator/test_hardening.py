@@ -1058,7 +1058,12 @@ def test_kill_9_during_concurrent_writes_leaves_a_loadable_state(tmp_path: Path)
             ]
             for thread in threads:
                 thread.start()
-            time.sleep(0.3 + 0.2 * round_)
+            # Kill only once writes have landed (a loaded machine can take longer than any
+            # fixed sleep to get the first one through), then a little later each round.
+            deadline = time.monotonic() + TIMEOUT
+            while sum(acknowledged.values()) == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.1 + 0.2 * round_)
             process.process.send_signal(signal.SIGKILL)  # while writes are in flight
             assert process.process.wait(timeout=10) == -signal.SIGKILL
             stop.set()
